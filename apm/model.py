@@ -1,0 +1,327 @@
+"""The Asynchronous Perception Machine, top to bottom.
+
+One conv filter (kernel = stride = patch size) squeezes the image into the *trigger column*. Each grid
+location (i, j) gets a query = [trigger column, sincos(i, j)]; one shared MLP maps a query to that
+location's feature, and an RGB head maps [feature, query] to its colour. Folded: the parameters.
+Unfolded: the h*w queries. Locations never interact, so they can be decoded in any order and any chunk.
+
+Implementation note: the first layer of the MLP and of the RGB head see a concatenation
+[column, position] (and [feature, column, position]). We split their weight matrices by input block and
+compute the column part once per image rather than once per location: the same maths as concatenating,
+without materialising the (h*w, query_dim) unfolded matrix on every step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# helpers
+
+
+def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sin-cos positional encoding: (h * w, dim), row-major over (i, j), values in [-1, 1].
+
+    A quarter of the channels each for sin(i), cos(i), sin(j), cos(j) at geometrically spaced frequencies.
+    `dim` need not be a multiple of 4: the encoding is computed for the next multiple and truncated.
+    """
+    quarter = max(1, math.ceil(dim / 4))
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (quarter,)
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    yi = ii.reshape(-1, 1) * omega  # (h*w, quarter)
+    xj = jj.reshape(-1, 1) * omega  # (h*w, quarter)
+    enc = torch.cat([yi.sin(), yi.cos(), xj.sin(), xj.cos()], dim=1)  # (h*w, 4*quarter)
+    return enc[:, :dim].float().contiguous()
+
+
+def grid_locations(h: int, w: int) -> torch.Tensor:
+    """All (i, j) locations of an h x w grid in row-major order: (h * w, 2) int64."""
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([ii.reshape(-1), jj.reshape(-1)], dim=1)
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def _mlp(widths: list[int], activation: str, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if last_activation or k < len(widths) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+# config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    grid: tuple[int, int] = (16, 16)  # (h, w) locations; follows the target's grid when one is given
+    patch_size: int = 8  # conv kernel = stride; the input image is (h * p, w * p) pixels
+    column_channels: int = 1  # C: channels of the conv filter; trigger column has C * h * w entries
+    pos_dim: int = 256  # length of the positional half of each query
+    hidden: tuple[int, ...] = (1024, 1024, 512)  # widths of the shared MLP after the query
+    feature_dim: int = 384  # d: the feature head's output, the teacher's channel count
+    rgb_hidden: tuple[int, ...] = (64, 64)  # widths of the RGB head before its 3 outputs
+    activation: str = "relu"  # relu | gelu | silu | tanh
+    global_dim: int | None = None  # length of the global (CLS) target; None: no global head
+    global_heads: int = 4  # attention heads of the global head (reduced until it divides feature_dim)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.grid[0] * self.patch_size, self.grid[1] * self.patch_size
+
+    @property
+    def column_dim(self) -> int:
+        return self.column_channels * self.grid[0] * self.grid[1]
+
+    @property
+    def query_dim(self) -> int:
+        return self.column_dim + self.pos_dim
+
+    def validate(self) -> None:
+        h, w = self.grid
+        if h < 2 or w < 2:
+            raise ValueError(f"grid {h} x {w} is too small: the APM needs at least 2 x 2 locations")
+        if self.patch_size < 1 or self.column_channels < 1 or self.pos_dim < 4 or self.feature_dim < 1:
+            raise ValueError(f"invalid model config: {self}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, not {self.activation!r}")
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # fast on 2 CPU cores: a 16 x 16 grid trains at > 60 steps/s and still forms islands
+    "cpu": ModelConfig(),
+    # the paper: 448 px, patch 14, 32 x 32 grid, query 1024 + 1024, MLP 2048-4096-4096-4096-2048-1024
+    "paper": ModelConfig(
+        grid=(32, 32),
+        patch_size=14,
+        column_channels=1,
+        pos_dim=1024,
+        hidden=(4096, 4096, 4096, 2048, 1024),
+        feature_dim=1024,
+        rgb_hidden=(256, 256),
+        activation="relu",
+    ),
+}
+
+
+def model_config_for(
+    preset: str | ModelConfig = "cpu",
+    grid: tuple[int, int] | None = None,
+    feature_dim: int | None = None,
+    global_dim: int | None = None,
+) -> ModelConfig:
+    """A preset resized to a target: its grid (h, w), feature dim d and global dim."""
+    if isinstance(preset, ModelConfig):
+        cfg = preset
+    elif preset in MODEL_PRESETS:
+        cfg = MODEL_PRESETS[preset]
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(MODEL_PRESETS)}")
+    changes: dict = {}
+    if grid is not None:
+        changes["grid"] = (int(grid[0]), int(grid[1]))
+    if feature_dim is not None:
+        changes["feature_dim"] = int(feature_dim)
+    if global_dim is not None:
+        changes["global_dim"] = int(global_dim)
+    cfg = replace(cfg, **changes)
+    cfg.validate()
+    return cfg
+
+
+# modules
+
+
+class Column(nn.Module):
+    """One conv filter with kernel = stride = patch: image (B, 3, H, W) -> trigger column (B, C * h * w)."""
+
+    # ImageNet statistics: a fixed input normalisation so the filter starts in a sensible range
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, patch_size: int, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, kernel_size=patch_size, stride=patch_size)
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std  # (B, 3, H, W)
+        return self.conv(x).flatten(1)  # (B, C, h, w) -> (B, C * h * w)
+
+
+class GlobalHead(nn.Module):
+    """One learned query attending over the unfolded feature grid (plus an output positional encoding)."""
+
+    def __init__(self, grid: tuple[int, int], feature_dim: int, global_dim: int, heads: int):
+        super().__init__()
+        while feature_dim % heads:
+            heads -= 1
+        self.query = nn.Parameter(torch.randn(1, 1, feature_dim) * 0.02)
+        self.register_buffer("pos", sincos_2d(grid[0], grid[1], feature_dim), persistent=False)
+        self.norm = nn.LayerNorm(feature_dim)
+        self.attn = nn.MultiheadAttention(feature_dim, heads, batch_first=True)
+        self.proj = nn.Linear(feature_dim, global_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        B = features.shape[0]
+        kv = self.norm(features) + self.pos  # (B, N, d)
+        pooled, _ = self.attn(self.query.expand(B, -1, -1), kv, kv, need_weights=False)  # (B, 1, d)
+        return self.proj(pooled[:, 0])  # (B, global_dim)
+
+
+@dataclass(frozen=True)
+class APMOutput:
+    features: torch.Tensor  # (B, h, w, d)
+    rgb: torch.Tensor  # (B, h, w, 3) in [0, 1]
+    global_vector: torch.Tensor | None  # (B, global_dim)
+
+
+@dataclass(frozen=True)
+class FoldedState:
+    """What the folded APM is: its parameters, by part."""
+
+    param_count: int
+    param_bytes: int
+    parts: dict[str, int] = field(default_factory=dict)  # part name -> parameter count
+
+
+class APM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        h, w = config.grid
+        self.column = Column(config.patch_size, config.column_channels)
+        self.register_buffer("pos", sincos_2d(h, w, config.pos_dim), persistent=False)  # (h*w, pos_dim)
+        widths = [config.query_dim, *config.hidden]
+        self.mlp_in = nn.Linear(widths[0], widths[1])  # sees [column, position]
+        self.mlp = _mlp(widths[1:], config.activation, last_activation=True)
+        self.act = _ACTIVATIONS[config.activation]()
+        self.feature_head = nn.Linear(widths[-1], config.feature_dim)
+        rgb_widths = [config.feature_dim + config.query_dim, *config.rgb_hidden]
+        self.rgb_in = nn.Linear(rgb_widths[0], rgb_widths[1])  # sees [feature, column, position]
+        self.rgb_mlp = _mlp([*rgb_widths[1:], 3], config.activation, last_activation=False)
+        self.global_head = (
+            GlobalHead(config.grid, config.feature_dim, config.global_dim, config.global_heads)
+            if config.global_dim
+            else None
+        )
+
+    # folded -> unfolded
+
+    def trigger_column(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, h*p, w*p) in [0, 1] -> trigger columns (B, column_dim)."""
+        expected = self.config.image_size
+        if tuple(images.shape[-2:]) != expected:
+            raise ValueError(f"images must be {expected[0]} x {expected[1]} pixels, got {tuple(images.shape[-2:])}")
+        return self.column(images)
+
+    def location_index(self, locations: torch.Tensor) -> torch.Tensor:
+        """(n, 2) (i, j) locations -> (n,) row-major indices, checked against the grid."""
+        h, w = self.config.grid
+        if locations.ndim != 2 or locations.shape[1] != 2:
+            raise ValueError(f"locations must be (n, 2) (i, j) pairs, got shape {tuple(locations.shape)}")
+        i, j = locations[:, 0].long(), locations[:, 1].long()
+        if (i < 0).any() or (i >= h).any() or (j < 0).any() or (j >= w).any():
+            raise ValueError(f"locations outside the {h} x {w} grid")
+        return i * w + j
+
+    def unfolded_queries(self, column: torch.Tensor) -> torch.Tensor:
+        """The unfolded state, materialised: (B, column_dim) -> (B, h*w, query_dim) = [column, position]."""
+        B, n = column.shape[0], self.pos.shape[0]
+        return torch.cat([column[:, None, :].expand(B, n, -1), self.pos[None].expand(B, n, -1)], dim=-1)
+
+    # decoding
+
+    def query(self, column: torch.Tensor, locations: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode features (B, n, d) and colours (B, n, 3) at n locations ((n, 2) (i, j); None: all, row-major).
+
+        Each location's result depends only on its own query, never on which others share the call.
+        """
+        pos = self.pos if locations is None else self.pos[self.location_index(locations)]  # (n, pos_dim)
+        C = self.config.column_dim
+        W, b = self.mlp_in.weight, self.mlp_in.bias  # (H0, C + P)
+        col_part = F.linear(column, W[:, :C], b)  # (B, H0): once per image, not per location
+        pos_part = F.linear(pos, W[:, C:])  # (n, H0)
+        hidden = self.mlp(self.act(col_part[:, None, :] + pos_part[None, :, :]))  # (B, n, H_last)
+        features = self.feature_head(hidden)  # (B, n, d)
+
+        d = self.config.feature_dim
+        R, rb = self.rgb_in.weight, self.rgb_in.bias  # (R0, d + C + P)
+        rgb_col = F.linear(column, R[:, d : d + C], rb)  # (B, R0)
+        rgb_pos = F.linear(pos, R[:, d + C :])  # (n, R0)
+        rgb_hidden = F.linear(features, R[:, :d]) + rgb_col[:, None, :] + rgb_pos[None, :, :]  # (B, n, R0)
+        rgb = torch.sigmoid(self.rgb_mlp(self.act(rgb_hidden)))  # (B, n, 3)
+        return features, rgb
+
+    def forward(self, images: torch.Tensor) -> APMOutput:
+        """Images (B, 3, h*p, w*p) in [0, 1] -> the full unfolded grid of features and colours."""
+        h, w = self.config.grid
+        column = self.trigger_column(images)  # (B, column_dim)
+        features, rgb = self.query(column)  # (B, h*w, d), (B, h*w, 3)
+        global_vector = self.global_head(features) if self.global_head is not None else None
+        B = images.shape[0]
+        return APMOutput(features.reshape(B, h, w, -1), rgb.reshape(B, h, w, 3), global_vector)
+
+    @torch.no_grad()
+    def decode(
+        self, column: torch.Tensor, locations: torch.Tensor | None = None, chunk_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference in chunks of `chunk_size` locations: memory is bounded by the chunk, not the grid."""
+        if locations is None:
+            locations = grid_locations(*self.config.grid).to(column.device)
+        n = locations.shape[0]
+        step = n if not chunk_size else max(1, int(chunk_size))
+        parts = [self.query(column, locations[k : k + step]) for k in range(0, n, step)]
+        return torch.cat([f for f, _ in parts], dim=1), torch.cat([c for _, c in parts], dim=1)
+
+    # introspection
+
+    def folded_state(self) -> FoldedState:
+        """Parameter count and bytes of the folded APM, by part."""
+        parts = {
+            "conv filter (column)": self.column,
+            "shared MLP": nn.ModuleList([self.mlp_in, self.mlp]),
+            "feature head": self.feature_head,
+            "RGB head": nn.ModuleList([self.rgb_in, self.rgb_mlp]),
+        }
+        if self.global_head is not None:
+            parts["global head"] = self.global_head
+        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}
+        params = list(self.parameters())
+        return FoldedState(
+            param_count=sum(p.numel() for p in params),
+            param_bytes=sum(p.numel() * p.element_size() for p in params),
+            parts=counts,
+        )
+
+    def flops_per_step(self, batch: int = 1) -> int:
+        """FLOPs (2 per multiply-add) of one training step as implemented: forward plus backward.
+
+        Backward costs twice the forward for every matmul whose input needs a gradient, and once for the
+        positional halves of the first layers (their input is a fixed buffer: only the weight gradient).
+        """
+        cfg = self.config
+        n = cfg.grid[0] * cfg.grid[1]
+        widths = [cfg.query_dim, *cfg.hidden]
+        rgb_widths = [*cfg.rgb_hidden, 3]
+        position = cfg.pos_dim * (widths[1] + cfg.rgb_hidden[0])  # per location, fwd + weight grad only
+        per_location = sum(a * b for a, b in zip(widths[1:-1], widths[2:]))  # shared MLP after layer 0
+        per_location += widths[-1] * cfg.feature_dim  # feature head
+        per_location += cfg.feature_dim * cfg.rgb_hidden[0]  # feature half of the RGB head's first layer
+        per_location += sum(a * b for a, b in zip(rgb_widths[:-1], rgb_widths[1:]))
+        per_image = cfg.column_dim * (widths[1] + cfg.rgb_hidden[0])  # column halves, once per image
+        per_image += 3 * cfg.patch_size**2 * cfg.column_dim  # the conv filter
+        if self.global_head is not None:
+            d = cfg.feature_dim
+            per_image += 2 * n * d * d + 2 * n * d + 2 * d * d + d * cfg.global_dim  # k/v, attention, q/out
+        macs = batch * (n * (3 * per_location + 2 * position) + 3 * per_image)
+        return 2 * macs

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures. Several test modules use these: add new fixtures in their own section."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `pytest` (not only `python -m pytest`) can import apm and tests.corpus
+    sys.path.insert(0, str(ROOT))
+
+
+# broken / unusual input corpus (tests/corpus/make_corpus.py)
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """The folder the corpus is written to (also where the pickle canary would drop its marker)."""
+    return tmp_path_factory.mktemp("corpus")
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_dir) -> dict[str, Path]:
+    """{name: path} of every corpus file, generated once per test session; see make_corpus's docstring."""
+    from tests.corpus.make_corpus import make_corpus
+
+    return make_corpus(corpus_dir)
