@@ -1,0 +1,134 @@
+"""`python -m apm.bench`: speed figures on this machine, one `name value` line each.
+
+    python -m apm.bench            # everything
+    python -m apm.bench --only cpu # figures whose name contains "cpu"
+
+Peak fractions are achieved FLOP/s of a full training step (forward and backward, counted by
+`APM.flops_per_step` as implemented) over the measured plain `torch.matmul` throughput of the precision
+in use. Figures are medians over repeats, so a stray slow step does not decide them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .model import model_config_for
+from .train import OverfitRun, TrainConfig
+
+
+def _median_s(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / _median_s(lambda: a @ b, repeats) / 1e9
+
+
+def _synthetic(h: int, w: int, d: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8))
+    return image, rng.normal(size=(h, w, d)).astype(np.float32)
+
+
+def step_seconds(preset: str, grid: tuple[int, int], d: int, precision: str, steps: int) -> tuple[float, OverfitRun]:
+    """Median wall-clock seconds of one training step (forward, backward, Adam) of a preset."""
+    image, target = _synthetic(*grid, d)
+    run = OverfitRun(image, target, TrainConfig(steps=steps + 3, precision=precision, record_every=10**9), preset)
+    stream = iter(run)
+    for _ in range(3):  # warm-up: allocator, autocast caches, oneDNN kernels
+        next(stream)
+    times = []
+    t0 = time.perf_counter()
+    for _ in stream:
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        t0 = t1
+    return statistics.median(times), run
+
+
+def training_figures(emit: Callable[[str, float], None]) -> None:
+    fp32 = matmul_gflops(torch.float32)
+    emit("matmul_gflops", fp32)
+    bf16 = matmul_gflops(torch.bfloat16)
+    emit("matmul_gflops_bf16", bf16)
+
+    for preset, grid, d, steps in (("cpu", (16, 16), 384, 60), ("paper", (32, 32), 768, 4)):
+        seconds, run = step_seconds(preset, grid, d, "auto", steps)
+        peak = bf16 if run.amp_dtype == torch.bfloat16 else fp32
+        fraction = run.model.flops_per_step() / seconds / 1e9 / peak
+        if preset == "cpu":
+            emit("cpu_preset_steps_per_s", 1.0 / seconds)
+        else:
+            emit("paper_preset_step_s", seconds)
+        emit(f"{preset}_preset_peak_fraction", fraction)
+        emit(f"{preset}_preset_gflops", run.model.flops_per_step() / seconds / 1e9)
+    seconds, _ = step_seconds("cpu", (16, 16), 384, "fp32", 40)
+    emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds)
+
+
+def quality_figures(emit: Callable[[str, float], None]) -> None:
+    """bf16 autocast against fp32 on a structured target: final loss ratio (near 1 is what we want)."""
+    from .model import sincos_2d
+
+    rng = np.random.default_rng(0)
+    pos = sincos_2d(16, 16, 32).numpy()
+    target = np.tanh(pos @ rng.normal(size=(32, 384))).reshape(16, 16, 384).astype(np.float32)
+    image, _ = _synthetic(16, 16, 3)
+    final = {}
+    for precision in ("fp32", "bf16"):
+        run = OverfitRun(image, target, TrainConfig(steps=300, precision=precision), "cpu")
+        final[precision] = list(run)[-1].feat_loss
+    emit("cpu_preset_final_loss_fp32", final["fp32"])
+    emit("cpu_preset_final_loss_bf16", final["bf16"])
+
+
+def islands_figures(emit: Callable[[str, float], None]) -> None:
+    from .islands_bench import islands_figures as figures
+
+    for name, value in figures().items():
+        emit(name, value)
+
+
+SECTIONS: dict[str, Callable[[Callable[[str, float], None]], None]] = {
+    "training": training_figures,
+    "quality": quality_figures,
+    "islands": islands_figures,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m apm.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=None, help="run only sections whose name contains this")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def emit(name: str, value: float) -> None:
+        print(f"{name} {value:.4g}", flush=True)
+
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    for name, section in SECTIONS.items():
+        if args.only is None or args.only in name:
+            section(emit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

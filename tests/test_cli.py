@@ -1,0 +1,117 @@
+"""`python -m apm`: the overfit round trip, its files and keys, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from apm.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    image = tmp_path / "image.png"
+    Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8)).save(image)
+    dense = tmp_path / "dense.npy"
+    np.save(dense, rng.normal(size=(6, 6, 16)).astype(np.float32))
+    glob = tmp_path / "global.npy"
+    np.save(glob, rng.normal(size=(10,)).astype(np.float32))
+    return {"image": image, "dense": dense, "global": glob, "dir": tmp_path}
+
+
+def test_overfit_round_trip(files, capsys):
+    out = files["dir"] / "run"
+    code = main(["overfit", str(files["image"]), "--target", str(files["dense"]), "--steps", "12",
+                 "--record-every", "5", "--seed", "1", "--lr", "2e-3", "--out", str(out)])
+    assert code == 0
+    run = np.load(out / "run.npz")
+    assert list(run["step"]) == [1, 5, 10, 12]
+    assert run["feat_loss"].shape == run["rgb_loss"].shape == (4,)
+    assert run["features"].shape == (4, 6, 6, 16) and run["features"].dtype == np.float32
+    assert run["rgb"].shape == (4, 6, 6, 3)
+    assert run["curve_feat_loss"].shape == (12,)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps_per_second"] > 0 and summary["steps_done"] == 12
+    assert summary["final_feat_loss"] == pytest.approx(float(run["feat_loss"][-1]), rel=1e-5)
+    assert summary["config"]["train"]["lr"] == 2e-3 and summary["config"]["train"]["seed"] == 1
+    assert summary["config"]["model"]["grid"] == [6, 6]
+    assert "overfit" in capsys.readouterr().err  # the progress bar is on stderr
+
+
+def test_overfit_global_target(files):
+    out = files["dir"] / "g"
+    assert main(["overfit", str(files["image"]), "--target", str(files["global"]), "--steps", "3", "--out", str(out)]) == 0
+    run = np.load(out / "run.npz")
+    assert run["global_vector"].shape == (2, 10)
+    assert run["features"].shape[1:] == (16, 16, 10)  # the preset's grid, width of the global target
+
+
+def bad_case(files, kind: str) -> list[str]:
+    d = files["dir"]
+    if kind == "missing image":
+        return ["overfit", str(d / "nope.png"), "--target", str(files["dense"])]
+    if kind == "missing target":
+        return ["overfit", str(files["image"]), "--target", str(d / "nope.npy")]
+    if kind == "broken image":
+        (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+        return ["overfit", str(d / "broken.png"), "--target", str(files["dense"])]
+    if kind == "wrong shape":
+        np.save(d / "flat.npy", np.zeros((6, 16), np.float32))
+        return ["overfit", str(files["image"]), "--target", str(d / "flat.npy")]
+    if kind == "wrong dtype":
+        np.save(d / "text.npy", np.array([["a", "b"]] * 3))
+        return ["overfit", str(files["image"]), "--target", str(d / "text.npy")]
+    if kind == "nan":
+        a = np.zeros((6, 6, 4), np.float32)
+        a[1, 2, 3] = np.nan
+        np.save(d / "nan.npy", a)
+        return ["overfit", str(files["image"]), "--target", str(d / "nan.npy")]
+    if kind == "grid too small":
+        np.save(d / "one.npy", np.zeros((1, 1, 4), np.float32))
+        return ["overfit", str(files["image"]), "--target", str(d / "one.npy")]
+    if kind == "image too small for grid":
+        Image.new("RGB", (20, 20)).save(d / "small.png")
+        np.save(d / "big.npy", np.zeros((32, 32, 4), np.float32))
+        return ["overfit", str(d / "small.png"), "--target", str(d / "big.npy")]
+    if kind == "bad steps":
+        return ["overfit", str(files["image"]), "--target", str(files["dense"]), "--steps", "0"]
+    raise AssertionError(kind)
+
+
+KINDS = ["missing image", "missing target", "broken image", "wrong shape", "wrong dtype", "nan",
+         "grid too small", "image too small for grid", "bad steps"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_error_paths_are_one_line(files, kind, capsys):
+    code = main(bad_case(files, kind) + ["--out", str(files["dir"] / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0] and "unexpected" not in err[0]
+    assert not (files["dir"] / "o" / "run.npz").exists()
+
+
+def test_usage_errors_are_one_line(files):
+    for argv in (["overfit", str(files["image"])], ["overfit", str(files["image"]), "--target", "x", "--steps", "many"]):
+        proc = subprocess.run([sys.executable, "-m", "apm", *argv], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_subprocess_exit_code_and_no_traceback(files):
+    proc = subprocess.run(
+        [sys.executable, "-m", "apm", "overfit", str(files["dir"] / "missing.png"), "--target", str(files["dense"])],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: image file not found: {files['dir'] / 'missing.png'}"
