@@ -1,0 +1,624 @@
+"""Islands of agreement: live projections of a feature grid, colours that stay put, and island metrics.
+
+Everything here is a pure function of numpy arrays. A feature grid is (h, w, d): one d-dimensional vector per
+location. Location (i, j) is row `i * w + j` of every flattened (n, .) array, n = h * w.
+
+- `project` embeds the grid with t-SNE (openTSNE, Barnes-Hut) or PCA, in 1, 2 or 3 dimensions, and colours each
+  location from its embedding. Given the previous frame's `Projection` it warm-starts t-SNE from the previous
+  embedding (new affinities, a short optimisation) and aligns the new embedding to the old one by an orthogonal
+  Procrustes fit, so an island keeps its colour while it grows or splits.
+- `pca_colours` is the quick DINO-style view: the first three principal components as RGB.
+- `island_metrics` counts islands (agglomerative clustering on unit-normalised features at a cosine-distance
+  threshold, and the spatially connected pieces of those clusters), measures neighbour agreement and, given the
+  teacher's grid, per-location fidelity.
+- `whole_to_part` computes the island count over a sequence of snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from openTSNE import TSNEEmbedding, affinity, initialization
+from openTSNE.nearest_neighbors import PrecomputedNeighbors
+from scipy.linalg import orthogonal_procrustes
+from scipy.sparse.csgraph import connected_components
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.decomposition import PCA
+from threadpoolctl import ThreadpoolController
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("tsne", "pca")
+METRICS = ("cosine", "euclidean")
+GRADIENTS = ("auto", "bh", "fft")
+FFT_MIN_POINTS_2D = 5000  # below this many points Barnes-Hut beats FFT in 2D (FFT is always used in 1D by "auto")
+MIN_TSNE_POINTS = 4  # fewer locations than this are embedded by PCA (t-SNE needs a perplexity >= 1)
+_CONSTANT_RTOL = 1e-6  # features whose spread is below this fraction of their magnitude count as constant
+_COLOUR_PERCENTILE = 95.0  # embeddings are scaled so this percentile of points lies inside the colour gamut
+_GREY = 0.5  # colour of a degenerate (constant) embedding
+
+
+# configs and results
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """How a feature grid is projected and coloured."""
+
+    method: str = "tsne"  # "tsne" or "pca"
+    dim: int = 2  # embedding dimensions: 1, 2 or 3
+    perplexity: float = 30.0  # t-SNE perplexity; clipped to (n - 1) / 3 for small grids
+    metric: str = "cosine"  # "cosine" (features unit-normalised first) or "euclidean"
+    warm_iters: int = 20  # optimisation steps of a warm-started update
+    early_exaggeration_iters: int = 100  # full fit: steps with early exaggeration, from a PCA start
+    full_iters: int = 250  # full fit: steps after early exaggeration
+    early_exaggeration: float = 12.0  # attraction multiplier of the early phase
+    exaggeration: float = 1.0  # attraction multiplier of the main phase and warm updates (> 1 tightens islands)
+    theta: float = 0.5  # Barnes-Hut accuracy of full fits: larger is faster and coarser
+    warm_theta: float = 1.0  # Barnes-Hut accuracy of warm updates, where speed matters more than precision
+    gradient: str = "auto"  # "auto", "bh" or "fft"; auto: FFT in 1D and for >= 5000 points in 2D, else Barnes-Hut
+    n_jobs: int = 1  # openTSNE threads; one is fastest for grids this small on a shared 2-core machine
+    seed: int = 0  # seed of the PCA start and its jitter; results are deterministic given it
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"projection method must be one of {METHODS}, got {self.method!r}")
+        if self.dim not in (1, 2, 3):
+            raise InputError(f"projection dim must be 1, 2 or 3, got {self.dim!r}")
+        if self.metric not in METRICS:
+            raise InputError(f"projection metric must be one of {METRICS}, got {self.metric!r}")
+        if self.gradient not in GRADIENTS:
+            raise InputError(f"t-SNE gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+        if self.gradient == "fft" and self.dim == 3:
+            raise InputError("FFT t-SNE supports only 1 or 2 dimensions; use gradient='bh' for 3D")
+        if not (np.isfinite(self.perplexity) and self.perplexity > 0):
+            raise InputError(f"perplexity must be a positive number, got {self.perplexity!r}")
+        for name in ("warm_iters", "early_exaggeration_iters", "full_iters"):
+            if int(getattr(self, name)) < 0:
+                raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (self.early_exaggeration > 0 and self.exaggeration > 0):
+            raise InputError("exaggeration factors must be positive")
+        if not (0 < self.theta <= 2 and 0 < self.warm_theta <= 2):
+            raise InputError(f"theta and warm_theta must be in (0, 2], got {self.theta!r}, {self.warm_theta!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Projection:
+    """One frame: an embedding of the grid's locations and their colours. Arrays are read-only."""
+
+    embedding: np.ndarray  # (n, dim) float32, centred and aligned to the previous frame; warm starts begin here
+    colours: np.ndarray  # (n, 3) float32 in [0, 1], one RGB colour per location
+    image: np.ndarray  # (h, w, 3) float32 in [0, 1], the colours laid out on the grid (the islands image)
+    grid_shape: tuple[int, int]  # (h, w)
+    method: str  # "tsne" or "pca" (the method asked for; tiny or constant grids fall back to PCA / zeros)
+    dim: int  # embedding dimensions
+    warm: bool  # True when this frame was warm-started from the previous one
+    aligned: bool  # True when the embedding was Procrustes-aligned to the previous frame
+    n_iter: int  # t-SNE optimisation steps run (0 for PCA and degenerate grids)
+    perplexity: float | None  # perplexity actually used (None when t-SNE did not run)
+    kl_divergence: float | None  # t-SNE objective at the end (None when t-SNE did not run)
+
+
+@dataclass(frozen=True)
+class IslandConfig:
+    """How islands are counted."""
+
+    distance_threshold: float = 0.5  # cosine distance (average linkage) at which clusters stop merging
+    connectivity: int = 4  # 4 or 8: grid neighbours that join one spatially connected island
+    min_size: int = 1  # clusters and islands with fewer locations are not counted (1 counts all)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.distance_threshold <= 2):
+            raise InputError(f"distance_threshold is a cosine distance in [0, 2], got {self.distance_threshold!r}")
+        if self.connectivity not in (4, 8):
+            raise InputError(f"connectivity must be 4 or 8, got {self.connectivity!r}")
+        if int(self.min_size) < 1:
+            raise InputError(f"min_size must be >= 1, got {self.min_size!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class IslandMetrics:
+    """Numbers describing the islands of one snapshot. Arrays are read-only."""
+
+    n_islands: int  # clusters of the features at the threshold (with >= min_size locations)
+    n_connected: int  # spatially connected pieces of those clusters (with >= min_size locations)
+    labels: np.ndarray  # (h, w) int32 cluster of each location, numbered 0.. in raster order of first appearance
+    connected_labels: np.ndarray  # (h, w) int32 connected island of each location, numbered likewise
+    agreement: float  # mean cosine similarity of 4-neighbour pairs (1.0 for a 1 x 1 grid)
+    agreement_map: np.ndarray  # (h, w) float32 mean cosine similarity of each location to its 4-neighbours
+    fidelity_map: np.ndarray | None  # (h, w) float32 cosine similarity to the teacher per location, or None
+    fidelity: float | None  # mean of fidelity_map, or None
+
+
+@dataclass(frozen=True, eq=False)
+class WholeToPart:
+    """Island counts against training step: wholes breaking into parts."""
+
+    steps: np.ndarray  # (m,) int64 training step of each snapshot
+    n_islands: np.ndarray  # (m,) int64 clusters per snapshot
+    n_connected: np.ndarray  # (m,) int64 spatially connected islands per snapshot
+
+
+# validation and small helpers
+
+def _check_grid(features: np.ndarray, name: str = "features") -> np.ndarray:
+    """Validate an (h, w, d) grid of finite numbers and return it as float32."""
+    try:
+        grid = np.asarray(features)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"{name} cannot be read as an array: {exc}") from exc
+    if grid.ndim != 3:
+        raise InputError(f"{name} must be an (h, w, d) grid, got an array of shape {grid.shape}")
+    if min(grid.shape) == 0:
+        raise InputError(f"{name} grid is empty: shape {grid.shape}")
+    if not (np.issubdtype(grid.dtype, np.number) or grid.dtype == np.bool_) or np.iscomplexobj(grid):
+        raise InputError(f"{name} must hold real numbers, got dtype {grid.dtype}")
+    grid = grid.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(grid)):
+        raise InputError(f"{name} contain NaN or infinite values")
+    return grid
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0  # callers inside _one_blas_thread(); the first sets the limit, the last restores it
+_blas_limiter = None
+_blas_controller: ThreadpoolController | None = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Run numpy's BLAS on one thread. The products here are small (n <= a few thousand): on a shared 2-core
+    machine waking a second BLAS thread costs more than it saves, and turns a 0.5 ms product into 5-10 ms."""
+    global _blas_users, _blas_limiter, _blas_controller
+    with _blas_lock:
+        if _blas_users == 0:
+            if _blas_controller is None:
+                _blas_controller = ThreadpoolController()
+            _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """Mark an array read-only (results are shared between frames)."""
+    a.flags.writeable = False
+    return a
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero."""  # (n, d)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def _is_constant(x: np.ndarray) -> bool:
+    """True when every row of x is (numerically) the same vector."""
+    if len(x) < 2:
+        return True
+    spread = float(np.max(np.ptp(x, axis=0)))
+    return spread <= _CONSTANT_RTOL * float(np.max(np.abs(x)))
+
+
+def _metric_space(x: np.ndarray, metric: str) -> np.ndarray:
+    """The rows in the space whose Euclidean distances the projection preserves."""  # (n, d)
+    return _normalise(x) if metric == "cosine" else x
+
+
+def _effective_perplexity(perplexity: float, n: int) -> float | None:
+    """Perplexity clipped to what n points support (k = 3 * perplexity neighbours), or None if too few points."""
+    if n < MIN_TSNE_POINTS:
+        return None
+    return float(min(perplexity, (n - 1) / 3.0))
+
+
+def _knn(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours (self excluded) by Euclidean distance: indices (n, k), distances (n, k)."""
+    y = y - y.mean(axis=0)  # distances unchanged; a shared component no longer swamps float32 round-off
+    sq = np.einsum("ij,ij->i", y, y)  # (n,)
+    key = sq[None, :] - 2.0 * (y @ y.T)  # (n, n) squared distance less the row's own |y_i|^2: same ranking
+    np.fill_diagonal(key, np.inf)
+    idx = np.argpartition(key, k - 1, axis=1)[:, :k]  # (n, k), unsorted: openTSNE does not need the order
+    d2 = np.take_along_axis(key, idx, axis=1) + sq[:, None]  # (n, k)
+    return idx, np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)
+
+
+def _pca_scores(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The first k principal-component scores of the rows of y, zero-padded when rank is short."""  # (n, k)
+    n, d = y.shape
+    out = np.zeros((n, k), dtype=np.float64)
+    if n < 2 or _is_constant(y):
+        return out
+    if k < min(n, d):
+        pca = PCA(n_components=k, svd_solver="arpack", random_state=seed)  # a few ms even for 1024 x 384
+    else:
+        pca = PCA(n_components=min(k, n, d), svd_solver="full")
+    scores = pca.fit_transform(y.astype(np.float64))
+    out[:, : scores.shape[1]] = scores
+    return out
+
+
+def _gradient_method(config: ProjectionConfig, n: int) -> str:
+    if config.gradient != "auto":
+        return config.gradient
+    if config.dim == 1 or (config.dim == 2 and n >= FFT_MIN_POINTS_2D):
+        return "fft"
+    return "bh"
+
+
+def _spread(embedding: np.ndarray) -> float:
+    return float(np.max(np.ptp(embedding, axis=0))) if len(embedding) > 1 else 0.0
+
+
+# t-SNE
+
+def _tsne(
+    y: np.ndarray, config: ProjectionConfig, start: np.ndarray | None
+) -> tuple[np.ndarray, int, float, float | None]:
+    """t-SNE of the rows of y; warm-started from `start` (n, dim) when given, else a full fit from PCA.
+
+    Returns the embedding (n, dim) float64, the steps run, the perplexity used and the final KL divergence
+    (None when no step ran).
+    """
+    n = len(y)
+    perplexity = _effective_perplexity(config.perplexity, n)
+    assert perplexity is not None
+    k = min(n - 1, max(1, int(3 * perplexity)))
+    idx, dist = _knn(y, k)
+    affinities = affinity.PerplexityBasedNN(
+        knn_index=PrecomputedNeighbors(idx, dist), perplexity=perplexity, n_jobs=config.n_jobs
+    )
+    params = {
+        "negative_gradient_method": _gradient_method(config, n),
+        "theta": config.warm_theta if start is not None else config.theta,
+        "n_jobs": config.n_jobs,
+        "random_state": config.seed,
+    }
+    if start is not None:
+        embedding = TSNEEmbedding(np.asarray(start, dtype=np.float64), affinities, **params)
+        steps = int(config.warm_iters)
+        if steps:
+            embedding = embedding.optimize(steps, exaggeration=config.exaggeration, momentum=0.8, inplace=True)
+    else:
+        init = initialization.rescale(_pca_scores(y, config.dim, config.seed))
+        init = initialization.jitter(init, scale=0.01, random_state=config.seed)
+        embedding = TSNEEmbedding(init, affinities, **params)
+        steps = int(config.early_exaggeration_iters) + int(config.full_iters)
+        if config.early_exaggeration_iters:
+            embedding = embedding.optimize(
+                int(config.early_exaggeration_iters), exaggeration=config.early_exaggeration, momentum=0.5,
+                inplace=True,
+            )
+        if config.full_iters:
+            embedding = embedding.optimize(
+                int(config.full_iters), exaggeration=config.exaggeration, momentum=0.8, inplace=True
+            )
+    kl = embedding.kl_divergence
+    return np.asarray(embedding, dtype=np.float64), steps, perplexity, (float(kl) if kl is not None else None)
+
+
+# colours
+
+def align_embedding(embedding: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Centre an embedding (n, k) and, given a reference (n, k), rotate or reflect it onto the reference.
+
+    The rotation is the orthogonal Procrustes fit of the centred embedding to the centred reference; distances
+    within the embedding are unchanged, so a t-SNE or PCA embedding stays as good as it was.
+    """
+    x = _check_embedding(embedding)
+    x = x - x.mean(axis=0)  # (n, k)
+    if reference is None:
+        return x.astype(np.float32)
+    r = _check_embedding(reference, "reference")
+    if r.shape != x.shape:
+        raise InputError(f"reference embedding has shape {r.shape}, expected {x.shape}")
+    r = r - r.mean(axis=0)  # (n, k)
+    if _spread(x) == 0.0 or _spread(r) == 0.0:
+        return x.astype(np.float32)
+    rotation, _ = orthogonal_procrustes(x, r)  # (k, k), minimises |x @ rotation - r|
+    return (x @ rotation).astype(np.float32)
+
+
+def embedding_to_colours(embedding: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """RGB colours (n, 3) float32 in [0, 1] for an embedding (n, k), k = 1, 2 or 3.
+
+    With a reference embedding (n, k) the embedding is first aligned to it (`align_embedding`), so the same
+    structure gets the same colours whatever its rotation or reflection. 1D embeddings map onto a colour ramp,
+    2D onto a colour wheel (angle = hue, distance from the centre = saturation), 3D straight onto RGB.
+    """
+    return _colours(align_embedding(embedding, reference))
+
+
+def _check_embedding(embedding: np.ndarray, name: str = "embedding") -> np.ndarray:
+    e = np.asarray(embedding, dtype=np.float64)
+    if e.ndim != 2 or e.shape[0] == 0 or e.shape[1] not in (1, 2, 3):
+        raise InputError(f"{name} must be an (n, k) array with k in 1..3, got shape {e.shape}")
+    if not np.all(np.isfinite(e)):
+        raise InputError(f"{name} contains NaN or infinite values")
+    return e
+
+
+# A ramp from blue through cyan, green and yellow to red for 1D embeddings: (position, r, g, b).
+_RAMP = np.array(
+    [
+        [0.00, 0.23, 0.30, 0.75],
+        [0.25, 0.15, 0.65, 0.85],
+        [0.50, 0.35, 0.78, 0.35],
+        [0.75, 0.95, 0.78, 0.20],
+        [1.00, 0.80, 0.20, 0.18],
+    ]
+)
+
+
+def _hsv_to_rgb(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Vectorised HSV to RGB; all inputs (n,) in [0, 1]."""  # (n, 3)
+    channels = []
+    for offset in (5.0, 3.0, 1.0):
+        k = (offset + hue * 6.0) % 6.0
+        channels.append(val - val * sat * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+    return np.stack(channels, axis=1)
+
+
+def _colours(x: np.ndarray) -> np.ndarray:
+    """Colours of a centred (and aligned) embedding x (n, k)."""  # (n, 3)
+    n, k = x.shape
+    radius = np.linalg.norm(x, axis=1) if k > 1 else np.abs(x[:, 0])
+    scale = float(np.percentile(radius, _COLOUR_PERCENTILE)) if n else 0.0
+    if not scale > 0.0:
+        return np.full((n, 3), _GREY, dtype=np.float32)
+    u = x / scale  # (n, k), most points inside the unit ball
+    if k == 1:
+        t = (np.clip(u[:, 0], -1.0, 1.0) + 1.0) / 2.0
+        rgb = np.stack([np.interp(t, _RAMP[:, 0], _RAMP[:, c]) for c in (1, 2, 3)], axis=1)
+    elif k == 2:
+        hue = (np.arctan2(u[:, 1], u[:, 0]) / (2.0 * np.pi)) % 1.0
+        sat = np.clip(np.linalg.norm(u, axis=1), 0.0, 1.0)
+        rgb = _hsv_to_rgb(hue, sat, np.full(n, 0.95))
+    else:
+        # per-axis scale from the same percentile of the coordinates, so the RGB cube is filled
+        axis_scale = float(np.percentile(np.abs(x), _COLOUR_PERCENTILE))
+        if not axis_scale > 0.0:
+            axis_scale = float(np.max(np.abs(x)))
+        rgb = 0.5 + 0.5 * np.clip(x / axis_scale, -1.0, 1.0)
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+# projections
+
+def project(
+    features: np.ndarray,
+    config: ProjectionConfig = ProjectionConfig(),
+    previous: Projection | None = None,
+    *,
+    full_fit: bool = False,
+) -> Projection:
+    """Embed and colour a feature grid (h, w, d).
+
+    With `previous` (a frame of the same grid shape and dim) the colours are aligned to it, and a t-SNE frame
+    is warm-started from it: affinities are recomputed for the new features and a short optimisation runs from
+    the previous embedding, so the picture evolves instead of jumping. Without it, or with `full_fit=True`
+    (a final or still frame), t-SNE is fitted from scratch (colours are still aligned to `previous` if given).
+    Deterministic given `config.seed`.
+    """
+    grid = _check_grid(features)
+    if not isinstance(config, ProjectionConfig):
+        raise InputError("config must be a ProjectionConfig")
+    with _one_blas_thread():
+        return _project(grid, config, previous, full_fit)
+
+
+def _project(grid: np.ndarray, config: ProjectionConfig, previous: Projection | None, full_fit: bool) -> Projection:
+    h, w, d = grid.shape
+    n = h * w
+    y = _metric_space(grid.reshape(n, d), config.metric)  # (n, d)
+
+    reference = None
+    if previous is not None:
+        if not isinstance(previous, Projection):
+            raise InputError("previous must be a Projection returned by project()")
+        if tuple(previous.grid_shape) == (h, w) and previous.dim == config.dim:
+            reference = np.asarray(previous.embedding, dtype=np.float64)  # (n, dim)
+        else:
+            log.info("previous frame is %s dim %d, this one %s dim %d: full fit, colours not aligned",
+                     previous.grid_shape, previous.dim, (h, w), config.dim)
+
+    warm = False
+    n_iter = 0
+    perplexity = kl = None
+    constant = _is_constant(y)
+    if config.method == "tsne" and not constant and _effective_perplexity(config.perplexity, n) is not None:
+        warm = (
+            reference is not None and not full_fit and previous.method == "tsne"
+            and previous.perplexity is not None and _spread(reference) > 0.0
+        )
+        embedding, n_iter, perplexity, kl = _tsne(y, config, reference if warm else None)
+    else:
+        if config.method == "tsne":
+            log.debug("grid of %d locations is constant or too small for t-SNE: using PCA", n)
+        embedding = _pca_scores(y, config.dim, config.seed)
+
+    aligned_embedding = align_embedding(embedding, reference)  # (n, dim) float32
+    colours = _colours(aligned_embedding.astype(np.float64))  # (n, 3)
+    return Projection(
+        embedding=_readonly(aligned_embedding),
+        colours=_readonly(colours),
+        image=_readonly(colours.reshape(h, w, 3).copy()),
+        grid_shape=(h, w),
+        method=config.method,
+        dim=config.dim,
+        warm=warm,
+        aligned=reference is not None,
+        n_iter=n_iter,
+        perplexity=perplexity,
+        kl_divergence=kl,
+    )
+
+
+def pca_colours(features: np.ndarray, normalise: bool = True, seed: int = 0) -> np.ndarray:
+    """The quick DINO-style view: the first three principal components of the grid's features as RGB.
+
+    Returns (h, w, 3) float32 in [0, 1]. Each component is stretched so its 1st..99th percentiles span [0, 1].
+    With `normalise` the features are unit-normalised first, so a few high-norm tokens do not take over.
+    A constant grid is mid grey.
+    """
+    grid = _check_grid(features)
+    h, w, d = grid.shape
+    x = grid.reshape(h * w, d)  # (n, d)
+    with _one_blas_thread():
+        scores = _pca_scores(_normalise(x) if normalise else x, 3, seed)  # (n, 3)
+    lo, hi = np.percentile(scores, [1.0, 99.0], axis=0)  # (3,), (3,)
+    span = hi - lo
+    safe = np.where(span > 0, span, 1.0)
+    rgb = np.where(span > 0, np.clip((scores - lo) / safe, 0.0, 1.0), _GREY)  # (n, 3)
+    return rgb.reshape(h, w, 3).astype(np.float32)
+
+
+# metrics
+
+def _canonical(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0.. in order of first appearance (raster order), so equal partitions get equal labels."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int32)
+    return rank[inverse.ravel()]
+
+
+def _clusters(y: np.ndarray, threshold: float) -> np.ndarray:
+    """Average-linkage clusters of unit rows y (n, d) at a cosine-distance threshold: labels (n,)."""
+    n = len(y)
+    if n < 2 or _is_constant(y):
+        return np.zeros(n, dtype=np.int32)
+    dist = np.clip(1.0 - y @ y.T, 0.0, 2.0)  # (n, n) cosine distances
+    np.fill_diagonal(dist, 0.0)
+    dist = (dist + dist.T) / 2.0  # exactly symmetric despite float32 round-off
+    model = AgglomerativeClustering(
+        n_clusters=None, metric="precomputed", linkage="average", distance_threshold=threshold
+    )
+    return _canonical(model.fit(dist).labels_)
+
+
+def _grid_edges(h: int, w: int, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (a, b) of neighbouring locations on an h x w grid."""
+    ids = np.arange(h * w).reshape(h, w)
+    pairs = [(ids[:, :-1], ids[:, 1:]), (ids[:-1, :], ids[1:, :])]
+    if connectivity == 8:
+        pairs += [(ids[:-1, :-1], ids[1:, 1:]), (ids[:-1, 1:], ids[1:, :-1])]
+    a = np.concatenate([p[0].ravel() for p in pairs])
+    b = np.concatenate([p[1].ravel() for p in pairs])
+    return a, b
+
+
+def _connected(labels: np.ndarray, h: int, w: int, connectivity: int) -> np.ndarray:
+    """Split each cluster into its spatially connected pieces: labels (n,) of the pieces."""
+    a, b = _grid_edges(h, w, connectivity)
+    same = labels[a] == labels[b]
+    n = h * w
+    graph = sp.coo_matrix((np.ones(int(same.sum()), dtype=np.int8), (a[same], b[same])), shape=(n, n)).tocsr()
+    _, pieces = connected_components(graph, directed=False)
+    return _canonical(pieces)
+
+
+def _count(labels: np.ndarray, min_size: int) -> int:
+    return int(np.sum(np.bincount(labels) >= min_size))
+
+
+def _agreement(y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cosine similarity of 4-neighbour pairs of a unit grid y (h, w, d), and its per-location map (h, w)."""
+    h, w, _ = y.shape
+    horiz = np.einsum("ijk,ijk->ij", y[:, :-1], y[:, 1:])  # (h, w - 1)
+    vert = np.einsum("ijk,ijk->ij", y[:-1, :], y[1:, :])  # (h - 1, w)
+    total = np.zeros((h, w), dtype=np.float64)
+    count = np.zeros((h, w), dtype=np.float64)
+    for sims, first, second in (
+        (horiz, np.s_[:, :-1], np.s_[:, 1:]),
+        (vert, np.s_[:-1, :], np.s_[1:, :]),
+    ):
+        total[first] += sims
+        total[second] += sims
+        count[first] += 1
+        count[second] += 1
+    if horiz.size + vert.size == 0:  # a single location agrees with itself
+        return 1.0, np.ones((h, w), dtype=np.float32)
+    mean = float((horiz.sum() + vert.sum()) / (horiz.size + vert.size))
+    return mean, (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def island_metrics(
+    features: np.ndarray,
+    teacher: np.ndarray | None = None,
+    config: IslandConfig = IslandConfig(),
+) -> IslandMetrics:
+    """Island count, neighbour agreement and (given the teacher's grid) fidelity for a feature grid (h, w, d).
+
+    Islands are average-linkage clusters of the unit-normalised features, merged while the mean cosine distance
+    between them is below `config.distance_threshold` (independent of the features' scale); `n_connected` counts
+    their spatially connected pieces on the grid. Costs a few ms for a 16 x 16 grid.
+    """
+    grid = _check_grid(features)
+    if not isinstance(config, IslandConfig):
+        raise InputError("config must be an IslandConfig")
+    h, w, d = grid.shape
+    y = _normalise(grid.reshape(h * w, d))  # (n, d)
+
+    with _one_blas_thread():
+        labels = _clusters(y, config.distance_threshold)  # (n,)
+    pieces = _connected(labels, h, w, config.connectivity)  # (n,)
+    agreement, agreement_map = _agreement(y.reshape(h, w, d))
+
+    fidelity_map = fidelity = None
+    if teacher is not None:
+        target = _check_grid(teacher, "teacher")
+        if target.shape != grid.shape:
+            raise InputError(f"teacher grid has shape {target.shape}, features have {grid.shape}")
+        t = _normalise(target.reshape(h * w, d))  # (n, d)
+        fidelity_map = np.einsum("ij,ij->i", y, t).reshape(h, w).astype(np.float32)  # (h, w)
+        fidelity = float(fidelity_map.mean())
+        fidelity_map = _readonly(fidelity_map)
+
+    return IslandMetrics(
+        n_islands=_count(labels, config.min_size),
+        n_connected=_count(pieces, config.min_size),
+        labels=_readonly(labels.reshape(h, w)),
+        connected_labels=_readonly(pieces.reshape(h, w)),
+        agreement=agreement,
+        agreement_map=_readonly(agreement_map),
+        fidelity_map=fidelity_map,
+        fidelity=fidelity,
+    )
+
+
+def whole_to_part(
+    grids: Sequence[np.ndarray],
+    steps: Sequence[int] | None = None,
+    config: IslandConfig = IslandConfig(),
+) -> WholeToPart:
+    """The whole-to-part curve: island counts of a sequence of snapshots (h, w, d) against training step.
+
+    `steps` defaults to 0, 1, 2, ... The app can instead accumulate (step, `island_metrics(...).n_islands`) pairs.
+    """
+    grids = list(grids)
+    if steps is None:
+        step_arr = np.arange(len(grids), dtype=np.int64)
+    else:
+        step_arr = np.asarray(list(steps), dtype=np.int64)
+        if step_arr.shape != (len(grids),):
+            raise InputError(f"got {len(grids)} grids but {step_arr.size} steps")
+    metrics = [island_metrics(g, config=config) for g in grids]
+    return WholeToPart(
+        steps=_readonly(step_arr),
+        n_islands=_readonly(np.array([m.n_islands for m in metrics], dtype=np.int64)),
+        n_connected=_readonly(np.array([m.n_connected for m in metrics], dtype=np.int64)),
+    )

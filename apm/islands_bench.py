@@ -1,0 +1,92 @@
+"""Timings of the islands views: `python -m apm.islands_bench` prints one `name value` line per figure.
+
+`apm.bench` calls `islands_figures()`. Every figure is the median over several repeats, in milliseconds, on
+synthetic grids shaped like a ViT teacher's (d = 384, a shared "whole" direction plus a few spatially coherent
+parts plus noise). A warm update is one `project` of a slightly changed grid with the previous frame given.
+Other processes on the machine may compete for its cores; medians keep the figures steady, not immune.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .islands import (
+    IslandConfig,
+    ProjectionConfig,
+    island_metrics,
+    pca_colours,
+    project,
+)
+
+log = logging.getLogger(__name__)
+
+FEATURE_DIM = 384  # ViT-S width, as DINO's
+N_PARTS = 8  # parts in the synthetic grid
+REPEATS = 9  # timed repeats per figure (median reported)
+FULL_REPEATS = 5  # repeats of the slower full fits
+
+
+def synthetic_grid(side: int, d: int = FEATURE_DIM, n_parts: int = N_PARTS, seed: int = 0) -> np.ndarray:
+    """An (side, side, d) float32 grid: a shared whole plus Voronoi-shaped parts plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, side, (n_parts, 2))  # (p, 2)
+    ii, jj = np.mgrid[:side, :side]
+    dist = (ii[..., None] - centres[:, 0]) ** 2 + (jj[..., None] - centres[:, 1]) ** 2  # (side, side, p)
+    part = np.argmin(dist, axis=-1)  # (side, side)
+    whole = rng.normal(size=d)  # (d,)
+    parts = rng.normal(size=(n_parts, d))  # (p, d)
+    grid = whole + parts[part] + 0.3 * rng.normal(size=(side, side, d))
+    return grid.astype(np.float32)
+
+
+def _median_ms(fn: Callable[[int], object], repeats: int) -> float:
+    """Median wall time of fn(i) over repeats, after one untimed warm-up call."""
+    fn(-1)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def _warm_ms(side: int, dim: int, repeats: int) -> float:
+    """One warm-started t-SNE update of a slightly changed grid."""
+    config = ProjectionConfig(method="tsne", dim=dim)
+    grid = synthetic_grid(side)
+    previous = project(grid, config)
+    rng = np.random.default_rng(1)
+    changed = [grid + 0.05 * rng.normal(size=grid.shape).astype(np.float32) for _ in range(repeats + 1)]
+    return _median_ms(lambda i: project(changed[i], config, previous=previous), repeats)
+
+
+def islands_figures(repeats: int = REPEATS) -> dict[str, float]:
+    """Medians (ms) of warm t-SNE updates (256 and 1024 points, 2D and 3D), a full fit, PCA and metrics."""
+    figures: dict[str, float] = {}
+    for side, n in ((16, 256), (32, 1024)):
+        figures[f"tsne_warm_ms_{n}"] = _warm_ms(side, 2, repeats)
+        figures[f"tsne_warm_ms_{n}_3d"] = _warm_ms(side, 3, repeats)
+    grid_256 = synthetic_grid(16)
+    figures["tsne_full_ms_256"] = _median_ms(lambda i: project(grid_256, ProjectionConfig()), FULL_REPEATS)
+    grid_1024 = synthetic_grid(32)
+    pca = ProjectionConfig(method="pca", dim=3)
+    figures["pca_ms_1024"] = _median_ms(lambda i: project(grid_1024, pca), repeats)
+    figures["pca_colours_ms_1024"] = _median_ms(lambda i: pca_colours(grid_1024), repeats)
+    config = IslandConfig()
+    figures["metrics_ms_256"] = _median_ms(lambda i: island_metrics(grid_256, grid_256, config), repeats)
+    figures["metrics_ms_1024"] = _median_ms(lambda i: island_metrics(grid_1024, grid_1024, config), repeats)
+    return figures
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    for name, value in islands_figures().items():
+        print(f"{name} {value:.1f}")
+
+
+if __name__ == "__main__":
+    main()
