@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .model import model_config_for
 from .train import OverfitRun, TrainConfig
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
-from .io import save_npz, write_atomic
+from .io import save_gif, save_npz
 from .model import ModelConfig
 from .train import OverfitRun, Target, TrainConfig
 
@@ -38,12 +38,6 @@ def walk_frames(rgb: np.ndarray, scale: int = 8) -> list[Image.Image]:
         img = Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8), "RGB")
         frames.append(img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST))
     return frames
-
-
-def save_gif(path: Path, frames: Sequence[Image.Image], duration_ms: int = 120) -> None:
-    """An animated GIF that plays forward then back, written atomically."""
-    loop = list(frames) + list(frames[-2:0:-1])
-    write_atomic(path, lambda tmp: loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:], duration=duration_ms, loop=0))
 
 
 def save_interpolation(out: Path, run: OverfitRun, alphas: np.ndarray) -> dict[str, np.ndarray]:

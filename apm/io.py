@@ -7,9 +7,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -43,3 +44,9 @@ def _json_default(obj):
     if isinstance(obj, (tuple, set)):
         return list(obj)
     return str(obj)
+
+
+def save_gif(path: Path, frames: Sequence[Image.Image], duration_ms: int = 120) -> None:
+    """An animated GIF that plays forward then back, written atomically."""
+    loop = list(frames) + list(frames[-2:0:-1])
+    write_atomic(path, lambda tmp: loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:], duration=duration_ms, loop=0))

@@ -1,0 +1,401 @@
+"""Event handlers: generators that turn the library's snapshot stream into panel values.
+
+Nothing here trains or projects by itself: `apm.train.OverfitRun` trains, `apm.islands` projects and
+measures, `apm.teachers` encodes. The handlers validate input, pace the frames, keep each session's
+history for the timeline, and turn every user mistake into a readable message in the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from apm.errors import APMError, InputError, WeightsUnavailableError
+from apm.images import downsample_rgb, image_to_tensor, load_image
+from apm.io import save_gif, save_npz, write_atomic
+from apm.islands import ProjectionConfig, island_metrics, project
+from apm.teachers import create_teacher, load_feature_array, random_weights_default, teacher_islands
+from apm.train import OverfitRun, Target, train_config_for
+
+from . import plots
+from .state import Frame, RunRecord, Session, SessionStore
+
+log = logging.getLogger("apm.app")
+
+MAX_STEPS = int(os.environ.get("APM_MAX_STEPS", 2000))  # per-run cap on shared hardware
+MAX_RUN_SECONDS = float(os.environ.get("APM_MAX_RUN_SECONDS", 120))  # per-run wall-clock cap
+FRAME_INTERVAL_S = 0.15  # at most one displayed frame per this many seconds (about 6 per second)
+DEFAULT_LABELS = "face, house, car, snowman, flower, temple, dog, cat, tree, person"
+
+TEACHERS = {
+    "DINOv2 ViT-S/14": "dinov2",
+    "CLIP ViT-B/16": "clip",
+    "MViTv2-S (a static image as a boring video)": "mvit",
+    "Your own features (.npy / .pt)": "file",
+}
+TARGETS = {"Dense grid": "dense", "Global token only": "global", "Dense grid + global token": "both"}
+PROJECTIONS = {
+    "t-SNE 2D": ProjectionConfig(method="tsne", dim=2),
+    "t-SNE 3D": ProjectionConfig(method="tsne", dim=3),
+    "PCA (3 components)": ProjectionConfig(method="pca", dim=3),
+}
+
+STORE = SessionStore()
+
+
+def session_for(request: gr.Request | None) -> Session:
+    return STORE.get(getattr(request, "session_hash", None) or "local")
+
+
+# helpers
+
+
+@dataclass
+class Prepared:
+    """A validated request: the image, the target, and what to compare the APM with."""
+
+    image: Image.Image
+    target: Target
+    teacher_label: str
+    teacher_grid: np.ndarray | None
+    teacher_islands: np.ndarray | None
+    teacher: Any | None
+    teacher_global: np.ndarray | None
+
+
+def _teacher_key(choice: str) -> str:
+    if choice not in TEACHERS:
+        raise InputError(f"unknown teacher {choice!r}; choose one of: {', '.join(TEACHERS)}")
+    return TEACHERS[choice]
+
+
+def layer_choices(teacher_choice: str) -> tuple[int, int]:
+    """(number of layers, default layer) of a teacher, without loading its weights."""
+    key = TEACHERS.get(teacher_choice, "dinov2")
+    if key == "file":
+        return 1, 0
+    teacher = create_teacher(key, random_weights=True)
+    return teacher.num_layers, teacher.num_layers - 1
+
+
+def prepare(image_path: str | None, teacher_choice: str, layer: float | None, random_weights: bool,
+            features_file: str | None, target_kind: str) -> Prepared:
+    if not image_path:
+        raise InputError("upload an image (or pick an example) first")
+    image = load_image(image_path)
+    key = _teacher_key(teacher_choice)
+    kind = TARGETS.get(target_kind, "dense")
+    if key == "file":
+        if not features_file:
+            raise InputError("upload a feature array (.npy or .pt of shape (h, w, d) or (d,)) for 'your own features'")
+        array = load_feature_array(features_file)
+        dense = array.ndim == 3
+        grid = array if dense else None
+        return Prepared(image, Target.from_array(array), f"your features {tuple(array.shape)}", grid,
+                        teacher_islands(grid) if dense else None, None, None)
+    teacher = create_teacher(key, layer=None if layer is None else int(layer), random_weights=bool(random_weights))
+    out = teacher.encode(image)
+    target = Target(grid=out.grid if kind in ("dense", "both") else None,
+                    global_vector=out.global_vector if kind in ("global", "both") else None)
+    return Prepared(image, target, out.info.label, out.grid, teacher_islands(out.grid), teacher, out.global_vector)
+
+
+def _labels(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()][:64]
+
+
+def _zero_shot(teacher: Any, vector: np.ndarray | None, labels: list[str]) -> list[tuple[str, float]] | None:
+    if teacher is None or vector is None or not labels or not hasattr(teacher, "zero_shot"):
+        return None
+    if vector.shape[-1] != teacher.info.global_dim:
+        return None
+    return teacher.zero_shot(vector, labels, top_k=min(5, len(labels)))
+
+
+def _label_dict(pairs: list[tuple[str, float]] | None) -> dict[str, float] | None:
+    return None if pairs is None else {label: float(p) for label, p in pairs}
+
+
+def status_line(frame: Frame | None, record: RunRecord | None, note: str = "") -> str:
+    if frame is None:
+        text = note or "Ready: pick an image and a teacher, then press Run."
+        return f"<div class='apm-status'>{text}</div>"
+    parts = [
+        f"step {frame.step} / {frame.total_steps}",
+        f"{frame.steps_per_s:.0f} steps/s",
+        f"feature loss {frame.feat_loss:.1e}",
+        f"{frame.elapsed_s:.1f} s",
+        f"{frame.metrics.n_islands} islands",
+    ]
+    if record is not None and record.status != "running":
+        parts.insert(0, {"done": "done", "stopped": "stopped", "failed": "failed"}.get(record.status, record.status))
+    text = " · ".join(parts) + (f" · {note}" if note else "")
+    return f"<div class='apm-status'>{text}</div>"
+
+
+def error_line(message: str) -> str:
+    return f"<div class='apm-status apm-error'>⚠ {message}</div>"
+
+
+def folded_markdown(record: RunRecord) -> str:
+    f = record.folded
+    rows = "\n".join(f"| {name} | {count:,} |" for name, count in f["parts"].items())
+    return (
+        f"**Folded state**: {f['param_count']:,} parameters, {f['param_bytes'] / 2**20:.1f} MB. "
+        "This is all the APM *is* before it looks at a location.\n\n"
+        f"| part | parameters |\n|---|---|\n{rows}\n\n"
+        f"**Unfolded state**: {record.grid_shape[0]} x {record.grid_shape[1]} queries, one per location. Each "
+        "query is the same trigger column (what the conv filter squeezed out of the whole image) "
+        "followed by that location's positional code. The shared MLP answers every query "
+        "independently, so locations can be decoded in any order."
+    )
+
+
+# frames and panels
+
+
+def make_frame(run: OverfitRun, snap, record: RunRecord, prepared: Prepared, projection_config: ProjectionConfig,
+               previous: Frame | None, labels: list[str], final: bool) -> Frame:
+    features = snap.features  # (h, w, d): one image
+    projection = project(features, projection_config, previous.projection if previous else None, full_fit=final)
+    teacher = prepared.teacher_grid if (prepared.teacher_grid is not None and prepared.teacher_grid.shape == features.shape) else None
+    metrics = island_metrics(features, teacher)
+    column = run.trigger_columns()[0].cpu().numpy()
+    return Frame(
+        step=snap.step,
+        total_steps=record.total_steps,
+        elapsed_s=snap.elapsed_s,
+        steps_per_s=snap.step / max(snap.elapsed_s, 1e-6),
+        feat_loss=snap.feat_loss,
+        rgb_loss=snap.rgb_loss,
+        features=features.astype(np.float16),
+        rgb=snap.rgb,
+        projection=projection,
+        metrics=metrics,
+        trigger_column=column,
+        apm_labels=_zero_shot(prepared.teacher, snap.global_vector, labels),
+    )
+
+
+def panels(record: RunRecord | None, index: int | None, note: str = "") -> tuple:
+    """Every panel's value for one frame of a run (or the empty page)."""
+    if record is None or not record.frames:
+        empty = plots.islands_scatter(None)
+        return (status_line(None, None, note), empty, None, None, None, None,
+                plots.loss_figure([], [], [], [], [], []), plots.heatmap_figure(None, "Teacher fidelity"),
+                None, "", None, None, None, gr.update(value=0, maximum=1))
+    index = len(record.frames) - 1 if index is None else int(np.clip(index, 0, len(record.frames) - 1))
+    frame = record.frames[index]
+    fr = record.frames
+    loss = plots.loss_figure(record.curve_step, record.curve_feat, record.curve_rgb,
+                             [f.step for f in fr], [f.metrics.n_islands for f in fr],
+                             [f.metrics.n_connected for f in fr], current_step=frame.step)
+    fid = frame.metrics.fidelity_map
+    fidelity_title = ("Teacher fidelity: cosine(APM, teacher) per location"
+                      + (f", mean {frame.metrics.fidelity:.2f}" if frame.metrics.fidelity is not None else ""))
+    return (
+        status_line(frame, record, note),
+        plots.islands_scatter(frame.projection, f"Islands at step {frame.step}: each point is one location"),
+        plots.enlarge(record.input_small),
+        plots.enlarge(frame.projection.image),
+        None if record.teacher_islands is None else plots.enlarge(record.teacher_islands),
+        plots.enlarge(frame.rgb),
+        loss,
+        plots.heatmap_figure(fid, fidelity_title if fid is not None else "Teacher fidelity (needs a dense teacher target)", 0.0, 1.0),
+        plots.unfolded_figure(frame.trigger_column, record.positional, record.grid_shape),
+        folded_markdown(record),
+        plots.enlarge(record.conv_filter, 96),
+        _label_dict(record.teacher_labels),
+        _label_dict(frame.apm_labels),
+        gr.update(value=index, maximum=max(1, len(record.frames) - 1)),
+    )
+
+
+def run(image_path, teacher_choice, layer, random_weights, features_file, target_kind, preset, steps, lr, seed,
+        projection_choice, update_every, labels_text, request: gr.Request = None) -> Iterator[tuple]:
+    """Train a fresh APM and stream its panels; a Stop click or a closed tab ends it within a frame."""
+    session = session_for(request)
+    run_id = session.start_run()
+    try:
+        prepared = prepare(image_path, teacher_choice, layer, random_weights, features_file, target_kind)
+        steps = int(steps or 300)
+        if not 1 <= steps <= MAX_STEPS:
+            raise InputError(f"steps must be between 1 and {MAX_STEPS} on this shared hardware")
+        config = train_config_for(
+            preset, steps=steps, lr=float(lr) if lr else None, seed=int(seed or 0),
+            record_every=max(1, int(update_every or 10)), time_budget_s=MAX_RUN_SECONDS,
+        )
+        apm_run = OverfitRun(prepared.image, prepared.target, config, preset)
+    except WeightsUnavailableError as exc:
+        yield (error_line(f"{exc} Tick 'untrained teacher' to run offline with random weights."), *([gr.skip()] * 13))
+        return
+    except (APMError, ValueError) as exc:
+        yield (error_line(str(exc)), *([gr.skip()] * 13))
+        return
+
+    labels = _labels(labels_text)
+    h, w = apm_run.model_config.grid
+    model = apm_run.model
+    with torch.no_grad():
+        positional = model.pos.float().cpu().numpy()
+    conv = model.column.conv.weight.detach().float().cpu().numpy()
+    record = RunRecord(
+        run_id=run_id, total_steps=config.steps, grid_shape=(h, w),
+        input_small=downsample_rgb(prepared.image, h, w),
+        input_image=(image_to_tensor(prepared.image, 224).permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+        teacher_label=prepared.teacher_label, teacher_islands=prepared.teacher_islands,
+        teacher_grid=prepared.teacher_grid, folded=model.folded_state().__dict__,
+        conv_filter=plots.filter_image(conv), positional=positional,
+        teacher_labels=_zero_shot(prepared.teacher, prepared.teacher_global, labels),
+    )
+    session.run = record
+    projection_config = PROJECTIONS.get(projection_choice, PROJECTIONS["t-SNE 2D"])
+    stream = iter(apm_run)
+    last_emit = 0.0
+    note = prepared.teacher_label
+    try:
+        for snap in stream:
+            record.curve_step.append(snap.step)
+            record.curve_feat.append(snap.feat_loss)
+            record.curve_rgb.append(snap.rgb_loss)
+            stopping = session.should_stop(run_id)
+            now = time.perf_counter()
+            if snap.recorded and (snap.done or now - last_emit >= FRAME_INTERVAL_S or len(record.frames) == 0):
+                previous = record.frames[-1] if record.frames else None
+                frame = make_frame(apm_run, snap, record, prepared, projection_config, previous, labels, final=snap.done)
+                record.add_frame(frame)
+                if snap.done:
+                    record.status = "done"
+                    record.stop_reason = snap.stop_reason
+                    if snap.stop_reason == "time_budget":
+                        note = f"stopped at the {MAX_RUN_SECONDS:.0f} s cap for shared hardware"
+                yield panels(record, None, note)
+                last_emit = time.perf_counter()
+            if stopping and not snap.done:
+                stream.close()
+                record.status = "stopped"
+                yield panels(record, None, "stopped by you; everything recorded so far is kept")
+                return
+    except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
+        log.exception("run failed")
+        record.status = "failed"
+        yield (error_line(f"the run failed: {exc}"), *([gr.skip()] * 13))
+    finally:
+        stream.close()
+
+
+def stop(request: gr.Request = None) -> None:
+    session = STORE.peek(getattr(request, "session_hash", None) or "local")
+    if session is not None:
+        session.request_stop()
+
+
+def scrub(index: float, request: gr.Request = None) -> tuple:
+    """Show a recorded frame: every panel follows the timeline."""
+    session = session_for(request)
+    record = session.run
+    if record is None or not record.frames:
+        return panels(None, None, "nothing recorded yet: press Run")
+    return panels(record, int(index))
+
+
+def on_teacher_change(teacher_choice: str, target_kind: str):
+    """Layer slider range, the feature-file box and the CLIP labels box follow the chosen teacher."""
+    num_layers, default = layer_choices(teacher_choice)
+    key = TEACHERS.get(teacher_choice)
+    target = "Dense grid + global token" if key == "clip" else target_kind
+    return (
+        gr.update(minimum=0, maximum=max(1, num_layers - 1), value=default, interactive=key != "file",
+                  label=f"Layer (GLOM level, 0-{num_layers - 1})" if key != "file" else "Layer (not used)"),
+        gr.update(visible=key == "file"),
+        gr.update(visible=key == "clip"),
+        gr.update(value=target),
+    )
+
+
+def unload(request: gr.Request = None) -> None:
+    """The tab closed: stop its run and drop its files."""
+    STORE.drop(getattr(request, "session_hash", None) or "local")
+
+
+# exports
+
+
+def _caption(image: Image.Image, text: str) -> Image.Image:
+    canvas = Image.new("RGB", (image.width, image.height + 18), "white")
+    canvas.paste(image, (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill=(30, 30, 30))
+    return canvas
+
+
+def _scatter_image(frame: Frame, size: int = 256) -> Image.Image:
+    canvas = Image.new("RGB", (size, size), (250, 250, 250))
+    draw = ImageDraw.Draw(canvas)
+    emb = frame.projection.embedding[:, :2] if frame.projection.dim >= 2 else np.c_[frame.projection.embedding[:, 0], np.zeros(len(frame.projection.embedding))]
+    lo, hi = emb.min(axis=0), emb.max(axis=0)
+    xy = (emb - lo) / np.where(hi > lo, hi - lo, 1.0) * (size - 16) + 8
+    for (x, y), c in zip(xy, plots.to_uint8(frame.projection.colours)):
+        draw.ellipse((x - 3, size - y - 3, x + 3, size - y + 3), fill=tuple(int(v) for v in c))
+    return canvas
+
+
+def export(request: gr.Request = None) -> tuple[list[str] | None, str]:
+    """An animated GIF of the islands, the snapshots as .npz and the panels as PNG, in this session's folder."""
+    session = session_for(request)
+    record = session.run
+    if record is None or not record.frames:
+        return None, error_line("nothing to export yet: press Run first")
+    out = session.folder / f"run-{record.run_id}"
+    frames = record.frames
+    gif_frames = [
+        _caption(Image.fromarray(np.concatenate([plots.enlarge(f.projection.image, 192), plots.enlarge(f.rgb, 192)], axis=1)),
+                 f"step {f.step}: islands | RGB")
+        for f in frames
+    ]
+    save_gif(out / "islands.gif", gif_frames, duration_ms=150)
+    save_npz(
+        out / "snapshots.npz",
+        step=np.array([f.step for f in frames]), feat_loss=np.array([f.feat_loss for f in frames], np.float32),
+        rgb_loss=np.array([f.rgb_loss for f in frames], np.float32),
+        features=np.stack([f.features.astype(np.float32) for f in frames]), rgb=np.stack([f.rgb for f in frames]),
+        islands=np.stack([f.projection.image for f in frames]), embedding=np.stack([f.projection.embedding for f in frames]),
+        n_islands=np.array([f.metrics.n_islands for f in frames]), curve_step=np.array(record.curve_step),
+        curve_feat_loss=np.array(record.curve_feat, np.float32), curve_rgb_loss=np.array(record.curve_rgb, np.float32),
+    )
+    last = frames[-1]
+    tiles = [
+        _caption(Image.fromarray(plots.enlarge(record.input_small, 256)), "input (grid resolution)"),
+        _caption(_scatter_image(last), f"islands scatter, step {last.step}"),
+        _caption(Image.fromarray(plots.enlarge(last.projection.image, 256)), "APM islands"),
+    ]
+    if record.teacher_islands is not None:
+        tiles.append(_caption(Image.fromarray(plots.enlarge(record.teacher_islands, 256)), "teacher islands"))
+    tiles.append(_caption(Image.fromarray(plots.enlarge(last.rgb, 256)), "RGB reconstruction"))
+    if last.metrics.fidelity_map is not None:
+        tiles.append(_caption(Image.fromarray(plots.enlarge(plots.colormap(last.metrics.fidelity_map, 0, 1), 256)), "teacher fidelity"))
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), max(t.height for t in tiles)), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 8
+    write_atomic(out / "panels.png", lambda tmp: sheet.save(tmp, format="PNG"))
+    files = [str(out / name) for name in ("islands.gif", "snapshots.npz", "panels.png")]
+    return files, status_line(last, record, f"exported {len(frames)} frames")
+
+
+def default_random_weights() -> bool:
+    return random_weights_default()
+
+
+def example_paths() -> list[str]:
+    folder = Path(__file__).resolve().parent.parent / "assets" / "examples"
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
