@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 from .errors import InputError
 from .io import save_gif, save_npz
+from .islands import ProjectionConfig, project
 from .model import ModelConfig
 from .train import OverfitRun, Target, TrainConfig
 
@@ -31,19 +33,42 @@ def train_pair(
     return OverfitRun(list(images), Target(grid=np.stack(grids)), config, model_config)
 
 
-def walk_frames(rgb: np.ndarray, scale: int = 8) -> list[Image.Image]:
-    """RGB frames (F, h, w, 3) in [0, 1] -> PIL images enlarged `scale` times (nearest neighbour)."""
+@dataclass(frozen=True)
+class PathProjection:
+    """One projection fitted to every frame of a walk at once, so a colour means the same thing all along it."""
+
+    embedding: np.ndarray  # (F, h*w, k)
+    colours: np.ndarray  # (F, h*w, 3) in [0, 1]
+    images: np.ndarray  # (F, h, w, 3) islands images
+
+
+def project_path(features: np.ndarray, config: ProjectionConfig = ProjectionConfig(method="pca", dim=3)) -> PathProjection:
+    """Project the decoded grids of a walk (F, h, w, d) jointly: one fit over all F * h * w locations."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 4:
+        raise InputError(f"path features must be (F, h, w, d), got shape {features.shape}")
+    F, h, w, d = features.shape
+    joint = project(features.reshape(F * h, w, d), config)  # the frames stacked as one tall grid
+    embedding = np.asarray(joint.embedding).reshape(F, h * w, -1)
+    colours = np.asarray(joint.colours).reshape(F, h * w, 3)
+    return PathProjection(embedding, colours, colours.reshape(F, h, w, 3))
+
+
+def walk_frames(rgb: np.ndarray, islands: np.ndarray | None = None, scale: int = 8) -> list[Image.Image]:
+    """Frames (F, h, w, 3) in [0, 1] (RGB, and islands beside it when given) -> enlarged PIL images."""
     frames = []
-    for frame in rgb:
-        img = Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8), "RGB")
+    for k, frame in enumerate(rgb):
+        tile = frame if islands is None else np.concatenate([frame, np.ones_like(frame[:, :1]), islands[k]], axis=1)
+        img = Image.fromarray((np.clip(tile, 0, 1) * 255).round().astype(np.uint8), "RGB")
         frames.append(img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST))
     return frames
 
 
 def save_interpolation(out: Path, run: OverfitRun, alphas: np.ndarray) -> dict[str, np.ndarray]:
-    """Decode the walk and write interpolation.npz (alpha, rgb, features) and interpolation.gif."""
+    """Decode the walk; write interpolation.npz (alpha, rgb, features, islands) and interpolation.gif (RGB | islands)."""
     features, rgb = run.interpolate(alphas)  # (F, h, w, d), (F, h, w, 3)
-    arrays = {"alpha": np.asarray(alphas, dtype=np.float32), "rgb": rgb, "features": features}
+    islands = project_path(features).images  # (F, h, w, 3), colours shared along the path
+    arrays = {"alpha": np.asarray(alphas, dtype=np.float32), "rgb": rgb, "features": features, "islands": islands}
     save_npz(out / "interpolation.npz", **arrays)
-    save_gif(out / "interpolation.gif", walk_frames(rgb))
+    save_gif(out / "interpolation.gif", walk_frames(rgb, islands))
     return arrays
