@@ -1,0 +1,147 @@
+"""DINOv2 through timm: ViT-S/14 (default) or ViT-B/14, with or without the four register tokens.
+
+Built with `dynamic_img_size=True`, so a 224 px input gives a 16 x 16 grid (the pretrained position
+embedding, made for 518 px, is interpolated). Layer k's tokens come from `forward_intermediates`, with the
+final LayerNorm applied (as DINOv2's own `get_intermediate_layers` does). The prefix tokens (CLS, then the
+registers) are dropped from the grid; the global vector is layer k's CLS token.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import APMError, InputError
+from .base import Preprocess, Teacher, register_teacher
+from .weights import HubWeights, weights_broken
+
+try:  # optional backend
+    import timm
+except ImportError:  # pragma: no cover - timm is in requirements.txt
+    timm = None
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DINOv2Config:
+    """Which DINOv2 and how it is read."""
+
+    model_id: str = "vit_small_patch14_dinov2.lvd142m"  # timm model name with its pretrained tag
+    image_size: int = 224  # side of the square input in px; 224 / 14 = a 16 x 16 grid
+    norm: bool = True  # apply the final LayerNorm to the chosen layer's tokens (DINOv2's own convention)
+
+
+def _require_timm() -> None:
+    if timm is None:
+        raise APMError("the DINOv2 teacher needs timm: pip install timm==1.0.31")
+
+
+PATCH = 14  # DINOv2 patch side, px
+_ARCH = {  # model id -> (blocks, width, prefix tokens); checked against the built network in `_verify`
+    "vit_small_patch14_dinov2.lvd142m": (12, 384, 1),
+    "vit_base_patch14_dinov2.lvd142m": (12, 768, 1),
+    "vit_small_patch14_reg4_dinov2.lvd142m": (12, 384, 5),
+    "vit_base_patch14_reg4_dinov2.lvd142m": (12, 768, 5),
+}
+
+
+@register_teacher
+class DINOv2Teacher(Teacher):
+    """DINOv2 ViT read at one block; grid (S/14, S/14, C), global = that block's CLS token."""
+
+    name = "dinov2"
+    rank = 0
+    Config = DINOv2Config
+    VARIANTS: ClassVar[dict[str, str]] = {
+        "vit_small_patch14_dinov2.lvd142m": "DINOv2 ViT-S/14",
+        "vit_base_patch14_dinov2.lvd142m": "DINOv2 ViT-B/14",
+        "vit_small_patch14_reg4_dinov2.lvd142m": "DINOv2 ViT-S/14 reg4",
+        "vit_base_patch14_reg4_dinov2.lvd142m": "DINOv2 ViT-B/14 reg4",
+    }
+    ALIASES: ClassVar[dict[str, str]] = {
+        "small": "vit_small_patch14_dinov2.lvd142m",
+        "base": "vit_base_patch14_dinov2.lvd142m",
+        "reg4": "vit_small_patch14_reg4_dinov2.lvd142m",
+        "small-reg4": "vit_small_patch14_reg4_dinov2.lvd142m",
+        "base-reg4": "vit_base_patch14_reg4_dinov2.lvd142m",
+    }
+
+    @classmethod
+    def weight_source(cls, model_id: str) -> HubWeights:
+        _require_timm()
+        cfg = timm.models.get_pretrained_cfg(model_id)
+        if cfg is None or not cfg.hf_hub_id:
+            raise InputError(f"timm has no pretrained weights on the hub for '{model_id}'")
+        if cfg.hf_hub_filename:
+            names: tuple[str, ...] = (cfg.hf_hub_filename,)
+        else:  # timm's default file, preferring its safetensors twin
+            names = ("model.safetensors", "pytorch_model.bin")
+        return HubWeights(repo_id=cfg.hf_hub_id, filenames=names)
+
+    def _check_config(self) -> None:
+        if not 28 <= int(self.config.image_size) <= 1036:
+            raise InputError(f"DINOv2 image_size must be 28-1036 px, got {self.config.image_size}")
+
+    def _build(self) -> torch.nn.Module:
+        _require_timm()
+        kwargs = {"dynamic_img_size": True, "num_classes": 0}
+        if self.random_weights:
+            return timm.create_model(self.model_id, pretrained=False, **kwargs)
+        path = self.weights_path
+        try:  # timm's own loader (position-embedding filter included), pointed at the cached file
+            return timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
+            raise weights_broken(self.name, self.model_id, path, exc) from None
+
+    def _verify(self, module: torch.nn.Module) -> None:
+        depth, dim, prefix = _ARCH[self.model_id]
+        found = (len(module.blocks), int(module.embed_dim), int(module.num_prefix_tokens))
+        if found != (depth, dim, prefix) or tuple(module.patch_embed.patch_size) != (PATCH, PATCH):
+            raise RuntimeError(f"{self.model_id}: built (blocks, dim, prefix) {found}, table says {_ARCH[self.model_id]}")
+
+    def _make_preprocess(self) -> Preprocess:
+        _require_timm()
+        cfg = timm.models.get_pretrained_cfg(self.model_id).to_dict()  # timm's pretrained config
+        return Preprocess(
+            size=int(self.config.image_size),
+            mean=tuple(cfg.get("mean") or (0.485, 0.456, 0.406)),
+            std=tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
+            interpolation=str(cfg.get("interpolation") or "bicubic"),
+        )
+
+    def _count_layers(self) -> int:
+        return _ARCH[self.model_id][0]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register tokens, which come first in the token sequence."""
+        return _ARCH[self.model_id][2]
+
+    def layer_grid_shape(self, layer: int) -> tuple[int, int]:
+        self.check_layer(layer)
+        side = int(self.config.image_size) // PATCH  # dynamic_img_size, no padding: partial patches dropped
+        return side, side
+
+    def layer_feature_dim(self, layer: int) -> int:
+        return _ARCH[self.model_id][1]
+
+    def layer_global_dim(self, layer: int) -> int:
+        return _ARCH[self.model_id][1]
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (patches, prefix), = self.model.forward_intermediates(
+            x,
+            indices=[self.layer],
+            return_prefix_tokens=True,
+            norm=self.config.norm,
+            stop_early=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+        )  # patches (1, h*w, C) without the prefix; prefix (1, 1 + registers, C)
+        h, w = self.info.grid_shape
+        grid = patches[0].reshape(h, w, -1)  # (h, w, C)
+        return grid, prefix[0, 0]  # CLS is the first prefix token: (C,)
