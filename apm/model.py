@@ -6,9 +6,10 @@ location's feature, and an RGB head maps [feature, query] to its colour. Folded:
 Unfolded: the h*w queries. Locations never interact, so they can be decoded in any order and any chunk.
 
 Implementation note: the first layer of the MLP and of the RGB head see a concatenation
-[column, position] (and [feature, column, position]). We split their weight matrices by input block and
-compute the column part once per image rather than once per location: the same maths as concatenating,
-without materialising the (h*w, query_dim) unfolded matrix on every step.
+[column, position] (and [feature, column, position]). They are stored as one Linear per input block, and
+the column part is computed once per image rather than once per location: the same maths as one Linear
+over the concatenated query (`first_layer()` gives that weight), without materialising the
+(h*w, query_dim) unfolded matrix on every step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 # helpers
 
@@ -45,6 +45,16 @@ def grid_locations(h: int, w: int) -> torch.Tensor:
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def _init_as_one_linear(*blocks: nn.Linear) -> None:
+    """Initialise Linear blocks that read parts of one input as torch initialises a single Linear over all of it."""
+    bound = 1.0 / math.sqrt(sum(b.in_features for b in blocks))
+    with torch.no_grad():
+        for block in blocks:
+            block.weight.uniform_(-bound, bound)
+            if block.bias is not None:
+                block.bias.uniform_(-bound, bound)
 
 
 def _mlp(widths: list[int], activation: str, last_activation: bool) -> nn.Sequential:
@@ -202,13 +212,19 @@ class APM(nn.Module):
         self.column = Column(config.patch_size, config.column_channels)
         self.register_buffer("pos", sincos_2d(h, w, config.pos_dim), persistent=False)  # (h*w, pos_dim)
         widths = [config.query_dim, *config.hidden]
-        self.mlp_in = nn.Linear(widths[0], widths[1])  # sees [column, position]
+        # the first layers see [column, position] and [feature, column, position]: one Linear per input block
+        self.mlp_in_column = nn.Linear(config.column_dim, widths[1])
+        self.mlp_in_position = nn.Linear(config.pos_dim, widths[1], bias=False)
+        _init_as_one_linear(self.mlp_in_column, self.mlp_in_position)
         self.mlp = _mlp(widths[1:], config.activation, last_activation=True)
         self.act = _ACTIVATIONS[config.activation]()
         self.feature_head = nn.Linear(widths[-1], config.feature_dim)
-        rgb_widths = [config.feature_dim + config.query_dim, *config.rgb_hidden]
-        self.rgb_in = nn.Linear(rgb_widths[0], rgb_widths[1])  # sees [feature, column, position]
-        self.rgb_mlp = _mlp([*rgb_widths[1:], 3], config.activation, last_activation=False)
+        r0 = config.rgb_hidden[0]
+        self.rgb_in_feature = nn.Linear(config.feature_dim, r0, bias=False)
+        self.rgb_in_column = nn.Linear(config.column_dim, r0)
+        self.rgb_in_position = nn.Linear(config.pos_dim, r0, bias=False)
+        _init_as_one_linear(self.rgb_in_column, self.rgb_in_feature, self.rgb_in_position)
+        self.rgb_mlp = _mlp([*config.rgb_hidden, 3], config.activation, last_activation=False)
         self.global_head = (
             GlobalHead(config.grid, config.feature_dim, config.global_dim, config.global_heads)
             if config.global_dim
@@ -247,20 +263,25 @@ class APM(nn.Module):
         Each location's result depends only on its own query, never on which others share the call.
         """
         pos = self.pos if locations is None else self.pos[self.location_index(locations)]  # (n, pos_dim)
-        C = self.config.column_dim
-        W, b = self.mlp_in.weight, self.mlp_in.bias  # (H0, C + P)
-        col_part = F.linear(column, W[:, :C], b)  # (B, H0): once per image, not per location
-        pos_part = F.linear(pos, W[:, C:])  # (n, H0)
+        col_part = self.mlp_in_column(column)  # (B, H0): once per image, not per location
+        pos_part = self.mlp_in_position(pos)  # (n, H0)
         hidden = self.mlp(self.act(col_part[:, None, :] + pos_part[None, :, :]))  # (B, n, H_last)
         features = self.feature_head(hidden)  # (B, n, d)
 
-        d = self.config.feature_dim
-        R, rb = self.rgb_in.weight, self.rgb_in.bias  # (R0, d + C + P)
-        rgb_col = F.linear(column, R[:, d : d + C], rb)  # (B, R0)
-        rgb_pos = F.linear(pos, R[:, d + C :])  # (n, R0)
-        rgb_hidden = F.linear(features, R[:, :d]) + rgb_col[:, None, :] + rgb_pos[None, :, :]  # (B, n, R0)
+        rgb_col = self.rgb_in_column(column)  # (B, R0)
+        rgb_pos = self.rgb_in_position(pos)  # (n, R0)
+        rgb_hidden = self.rgb_in_feature(features) + rgb_col[:, None, :] + rgb_pos[None, :, :]  # (B, n, R0)
         rgb = torch.sigmoid(self.rgb_mlp(self.act(rgb_hidden)))  # (B, n, 3)
         return features, rgb
+
+    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared MLP's first layer as one (H0, column_dim + pos_dim) weight and its bias."""
+        return torch.cat([self.mlp_in_column.weight, self.mlp_in_position.weight], dim=1), self.mlp_in_column.bias
+
+    def rgb_first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RGB head's first layer as one (R0, d + column_dim + pos_dim) weight and its bias."""
+        weight = torch.cat([self.rgb_in_feature.weight, self.rgb_in_column.weight, self.rgb_in_position.weight], dim=1)
+        return weight, self.rgb_in_column.bias
 
     def forward(self, images: torch.Tensor) -> APMOutput:
         """Images (B, 3, h*p, w*p) in [0, 1] -> the full unfolded grid of features and colours."""
@@ -289,9 +310,9 @@ class APM(nn.Module):
         """Parameter count and bytes of the folded APM, by part."""
         parts = {
             "conv filter (column)": self.column,
-            "shared MLP": nn.ModuleList([self.mlp_in, self.mlp]),
+            "shared MLP": nn.ModuleList([self.mlp_in_column, self.mlp_in_position, self.mlp]),
             "feature head": self.feature_head,
-            "RGB head": nn.ModuleList([self.rgb_in, self.rgb_mlp]),
+            "RGB head": nn.ModuleList([self.rgb_in_feature, self.rgb_in_column, self.rgb_in_position, self.rgb_mlp]),
         }
         if self.global_head is not None:
             parts["global head"] = self.global_head

@@ -33,6 +33,7 @@ log = logging.getLogger("apm.app")
 
 MAX_STEPS = int(os.environ.get("APM_MAX_STEPS", 2000))  # per-run cap on shared hardware
 MAX_RUN_SECONDS = float(os.environ.get("APM_MAX_RUN_SECONDS", 120))  # per-run wall-clock cap
+MAX_CONCURRENT_RUNS = int(os.environ.get("APM_MAX_CONCURRENT_RUNS", 1))  # 2 vCPUs: one run uses both cores
 FRAME_INTERVAL_S = 0.15  # at most one displayed frame per this many seconds (about 6 per second)
 DEFAULT_LABELS = "face, house, car, snowman, flower, temple, dog, cat, tree, person"
 
@@ -200,8 +201,8 @@ def panels(record: RunRecord | None, index: int | None, note: str = "") -> tuple
                              [f.step for f in fr], [f.metrics.n_islands for f in fr],
                              [f.metrics.n_connected for f in fr], current_step=frame.step)
     fid = frame.metrics.fidelity_map
-    fidelity_title = ("Teacher fidelity: cosine(APM, teacher) per location"
-                      + (f", mean {frame.metrics.fidelity:.2f}" if frame.metrics.fidelity is not None else ""))
+    fidelity_title = "cos(APM, teacher) per location" + (
+        f", mean {frame.metrics.fidelity:.2f}" if frame.metrics.fidelity is not None else "")
     return (
         status_line(frame, record, note),
         plots.islands_scatter(frame.projection, f"Islands at step {frame.step}: each point is one location"),
@@ -210,7 +211,7 @@ def panels(record: RunRecord | None, index: int | None, note: str = "") -> tuple
         None if record.teacher_islands is None else plots.enlarge(record.teacher_islands),
         plots.enlarge(frame.rgb),
         loss,
-        plots.heatmap_figure(fid, fidelity_title if fid is not None else "Teacher fidelity (needs a dense teacher target)", 0.0, 1.0),
+        plots.heatmap_figure(fid, fidelity_title if fid is not None else "needs a dense teacher target", 0.0, 1.0),
         plots.unfolded_figure(frame.trigger_column, record.positional, record.grid_shape),
         folded_markdown(record),
         plots.enlarge(record.conv_filter, 96),
@@ -267,6 +268,7 @@ def run(image_path, teacher_choice, layer, random_weights, features_file, target
             record.curve_step.append(snap.step)
             record.curve_feat.append(snap.feat_loss)
             record.curve_rgb.append(snap.rgb_loss)
+            record.last_active = time.monotonic()
             stopping = session.should_stop(run_id)
             now = time.perf_counter()
             if snap.recorded and (snap.done or now - last_emit >= FRAME_INTERVAL_S or len(record.frames) == 0):
@@ -305,7 +307,7 @@ def scrub(index: float, request: gr.Request = None) -> tuple:
     record = session.run
     if record is None or not record.frames:
         return panels(None, None, "nothing recorded yet: press Run")
-    return panels(record, int(index))
+    return panels(record, int(index), record.teacher_label)  # the same note as the live frames
 
 
 def on_teacher_change(teacher_choice: str, target_kind: str):
@@ -319,6 +321,8 @@ def on_teacher_change(teacher_choice: str, target_kind: str):
         gr.update(visible=key == "file"),
         gr.update(visible=key == "clip"),
         gr.update(value=target),
+        gr.update(visible=key == "clip"),
+        gr.update(visible=key == "clip"),
     )
 
 

@@ -17,6 +17,8 @@ PANEL_PX = 256  # images are enlarged (nearest neighbour) to about this size so 
 FONT = {"family": "Inter, system-ui, sans-serif", "size": 12}
 MARGIN = {"l": 40, "r": 10, "t": 40, "b": 36}
 CONFIG = {"displaylogo": False, "responsive": True}
+# plotly.js knows only a few colourscales by name; this one is spelled out (red: low, green: high)
+RED_YELLOW_GREEN = [[0.0, "#d73027"], [0.25, "#fc8d59"], [0.5, "#fee08b"], [0.75, "#91cf60"], [1.0, "#1a9850"]]
 
 
 def figure(data: list[dict], layout: dict) -> PlotData:
@@ -147,7 +149,7 @@ def loss_figure(
 
 
 def heatmap_figure(values: np.ndarray | None, title: str, zmin: float = -1.0, zmax: float = 1.0,
-                   colorscale: str = "RdYlGn") -> PlotData:
+                   colorscale: str | list = RED_YELLOW_GREEN) -> PlotData:
     """An (h, w) map with (i, j) hover; rows top to bottom like the image."""
     data = []
     if values is not None:

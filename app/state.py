@@ -62,6 +62,7 @@ class RunRecord:
     frames: list[Frame] = field(default_factory=list)
     status: str = "running"  # running | done | stopped | failed
     stop_reason: str | None = None
+    last_active: float = field(default_factory=time.monotonic)  # when the run last took a step
 
     def add_frame(self, frame: Frame) -> None:
         self.frames.append(frame)
@@ -76,6 +77,7 @@ class Session:
         self.session_id = session_id
         self.lock = threading.Lock()
         self.run: RunRecord | None = None
+        self.walk = None  # the interpolation tab's trained walk (app.interpolation.Walk)
         self.active_run_id = 0
         self.stop_event = threading.Event()
         self.last_seen = time.monotonic()
@@ -97,6 +99,7 @@ class Session:
     def close(self) -> None:
         self.request_stop()
         self.run = None
+        self.walk = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -143,4 +146,6 @@ class SessionStore:
 
     @staticmethod
     def _busy(session: Session) -> bool:
-        return session.run is not None and session.run.status == "running"
+        """A run that stepped recently; one abandoned mid-way (a vanished client) stops counting after a minute."""
+        run = session.run
+        return run is not None and run.status == "running" and time.monotonic() - run.last_active < 60.0

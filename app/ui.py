@@ -10,9 +10,9 @@ import os
 import gradio as gr
 
 from . import handlers as H
+from . import interpolation
 
 MAX_QUEUE = int(os.environ.get("APM_MAX_QUEUE", 8))  # waiting runs beyond this get "queue is full"
-MAX_CONCURRENT_RUNS = int(os.environ.get("APM_MAX_CONCURRENT_RUNS", 1))  # 2 vCPUs: one run uses both
 
 CSS = """
 .apm-status { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 15px; padding: 8px 12px;
@@ -91,63 +91,64 @@ def build_demo() -> gr.Blocks:
     num_layers, default_layer = H.layer_choices(teachers[0])
     with gr.Blocks(title="APM islands", delete_cache=(600, 3600)) as demo:
         gr.Markdown(INTRO)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=320):
-                image = raw_upload(gr.Image(label="Image", type="filepath", sources=["upload", "clipboard", "webcam"],
-                                    elem_id="input-image", height=260))
-                gr.Examples(H.example_paths(), inputs=image, label="Examples", examples_per_page=8)
-                teacher = gr.Dropdown(teachers, value=teachers[0], label="Teacher", elem_id="teacher")
-                layer = gr.Slider(0, max(1, num_layers - 1), value=default_layer, step=1,
-                                  label=f"Layer (GLOM level, 0-{num_layers - 1})", elem_id="layer")
-                random_weights = gr.Checkbox(value=H.default_random_weights(), label="Untrained teacher (random weights, works offline)",
-                                             elem_id="random-weights")
-                features_file = gr.File(label="Your feature array: .npy / .pt, shape (h, w, d) or (d,)",
-                                        file_types=[".npy", ".pt"], type="filepath", visible=False, elem_id="features-file")
-                target = gr.Radio(list(H.TARGETS), value="Dense grid", label="Target", elem_id="target")
-                labels = gr.Textbox(H.DEFAULT_LABELS, label="CLIP labels (comma-separated)", visible=False, elem_id="labels")
-                with gr.Accordion("Training", open=False):
-                    preset = gr.Radio(["cpu", "paper"], value="cpu", label="Preset",
-                                      info="cpu: fast on 2 cores; paper: the NeurIPS configuration (slow on CPU)")
-                    steps = gr.Slider(10, H.MAX_STEPS, value=300, step=10, label="Steps", elem_id="steps")
-                    lr = gr.Number(1e-3, label="Learning rate (Adam)", elem_id="lr")
-                    seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
-                    update_every = gr.Slider(1, 50, value=10, step=1, label="Update the panels every N steps",
-                                             elem_id="update-every")
-                projection = gr.Radio(list(H.PROJECTIONS), value="t-SNE 2D", label="Projection", elem_id="projection")
-                with gr.Row():
-                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=3):
-                status = gr.HTML(H.status_line(None, None), elem_id="status")
-                with gr.Row(equal_height=False):
-                    islands_plot = gr.Plot(H.plots.islands_scatter(None), label="Islands (t-SNE / PCA of the unfolded features)",
-                                           elem_id="islands-plot", scale=3)
-                    with gr.Column(scale=2):
-                        with gr.Row():
-                            input_small = gr.Image(label="Input at grid resolution", elem_id="input-small", interactive=False, height=180)
-                            islands_image = gr.Image(label="APM islands", elem_id="islands-image", interactive=False, height=180)
-                        with gr.Row():
-                            teacher_islands = gr.Image(label="Teacher's own islands", elem_id="teacher-islands", interactive=False, height=180)
-                            rgb_image = gr.Image(label="Reconstructed RGB (RGB head)", elem_id="rgb-image", interactive=False, height=180)
-                timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline: scrub through recorded snapshots", elem_id="timeline")
-                loss_plot = gr.Plot(label="Loss and whole-to-part curves", elem_id="loss-plot")
-                with gr.Row():
-                    fidelity_plot = gr.Plot(label="Teacher fidelity (error map)", elem_id="fidelity-plot")
-                    with gr.Column():
-                        clip_labels = gr.Label(num_top_classes=5, label="CLIP's top-5 labels (teacher)", elem_id="clip-labels")
-                        apm_labels = gr.Label(num_top_classes=5, label="APM's top-5 labels (its global vector)", elem_id="apm-labels")
-                with gr.Accordion("Folded and unfolded state", open=True):
+        with gr.Tab("Islands", id="islands-tab"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=320):
+                    image = raw_upload(gr.Image(label="Image", type="filepath", sources=["upload", "clipboard", "webcam"],
+                                        elem_id="input-image", height=260))
+                    gr.Examples(H.example_paths(), inputs=image, label="Examples", examples_per_page=8)
+                    teacher = gr.Dropdown(teachers, value=teachers[0], label="Teacher", elem_id="teacher")
+                    layer = gr.Slider(0, max(1, num_layers - 1), value=default_layer, step=1,
+                                      label=f"Layer (GLOM level, 0-{num_layers - 1})", elem_id="layer")
+                    random_weights = gr.Checkbox(value=H.default_random_weights(), label="Untrained teacher (random weights, works offline)",
+                                                 elem_id="random-weights")
+                    features_file = gr.File(label="Your feature array: .npy / .pt, shape (h, w, d) or (d,)",
+                                            file_types=[".npy", ".pt"], type="filepath", visible=False, elem_id="features-file")
+                    target = gr.Radio(list(H.TARGETS), value="Dense grid", label="Target", elem_id="target")
+                    labels = gr.Textbox(H.DEFAULT_LABELS, label="CLIP labels (comma-separated)", visible=False, elem_id="labels")
+                    with gr.Accordion("Training", open=False):
+                        preset = gr.Radio(["cpu", "paper"], value="cpu", label="Preset",
+                                          info="cpu: fast on 2 cores; paper: the NeurIPS configuration (slow on CPU)")
+                        steps = gr.Slider(10, H.MAX_STEPS, value=300, step=10, label="Steps", elem_id="steps")
+                        lr = gr.Number(1e-3, label="Learning rate (Adam)", elem_id="lr")
+                        seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
+                        update_every = gr.Slider(1, 50, value=10, step=1, label="Update the panels every N steps",
+                                                 elem_id="update-every")
+                    projection = gr.Radio(list(H.PROJECTIONS), value="t-SNE 2D", label="Projection", elem_id="projection")
                     with gr.Row():
+                        run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Column(scale=3):
+                    status = gr.HTML(H.status_line(None, None), elem_id="status")
+                    with gr.Row(equal_height=False):
+                        islands_plot = gr.Plot(H.plots.islands_scatter(None), label="Islands (t-SNE / PCA of the unfolded features)",
+                                               elem_id="islands-plot", scale=3)
                         with gr.Column(scale=2):
-                            folded = gr.Markdown(elem_id="folded")
-                        conv_filter = gr.Image(label="The conv filter (3 x p x p, as colours)", interactive=False, height=140,
-                                               elem_id="conv-filter", scale=1)
-                    unfolded_plot = gr.Plot(label="Unfolded state", elem_id="unfolded-plot")
-                with gr.Row():
-                    export_btn = gr.Button("Export GIF, snapshots (.npz) and panels (PNG)", elem_id="export")
-                    export_files = gr.File(label="Exports", file_count="multiple", interactive=False, elem_id="export-files")
-                with gr.Accordion("About: GLOM, islands and the APM, in plain words", open=False):
-                    gr.Markdown(ABOUT)
+                            with gr.Row():
+                                input_small = gr.Image(label="Input at grid resolution", elem_id="input-small", interactive=False, height=180)
+                                islands_image = gr.Image(label="APM islands", elem_id="islands-image", interactive=False, height=180)
+                            with gr.Row():
+                                teacher_islands = gr.Image(label="Teacher's own islands", elem_id="teacher-islands", interactive=False, height=180)
+                                rgb_image = gr.Image(label="Reconstructed RGB (RGB head)", elem_id="rgb-image", interactive=False, height=180)
+                    timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline: scrub through recorded snapshots", elem_id="timeline")
+                    loss_plot = gr.Plot(label="Loss and whole-to-part curves", elem_id="loss-plot")
+                    with gr.Row():
+                        fidelity_plot = gr.Plot(label="Teacher fidelity (error map)", elem_id="fidelity-plot")
+                        with gr.Column():
+                            clip_labels = gr.Label(num_top_classes=5, label="CLIP's top-5 labels (teacher)", elem_id="clip-labels", visible=False)
+                            apm_labels = gr.Label(num_top_classes=5, label="APM's top-5 labels (its global vector)", elem_id="apm-labels", visible=False)
+                    with gr.Accordion("Folded and unfolded state", open=True):
+                        with gr.Row():
+                            with gr.Column(scale=2):
+                                folded = gr.Markdown(elem_id="folded")
+                            conv_filter = gr.Image(label="The conv filter (3 x p x p, as colours)", interactive=False, height=140,
+                                                   elem_id="conv-filter", scale=1)
+                        unfolded_plot = gr.Plot(label="Unfolded state", elem_id="unfolded-plot")
+                    with gr.Row():
+                        export_btn = gr.Button("Export GIF, snapshots (.npz) and panels (PNG)", elem_id="export")
+                        export_files = gr.File(label="Exports", file_count="multiple", interactive=False, elem_id="export-files", height=120)
+                    with gr.Accordion("About: GLOM, islands and the APM, in plain words", open=False):
+                        gr.Markdown(ABOUT)
 
         panel_outputs = [status, islands_plot, input_small, islands_image, teacher_islands, rgb_image, loss_plot,
                          fidelity_plot, unfolded_plot, folded, conv_filter, clip_labels, apm_labels, timeline]
@@ -155,14 +156,18 @@ def build_demo() -> gr.Blocks:
                   projection, update_every, labels]
 
         # Run first stops this tab's previous run (not queued), then trains (queued, few at a time)
-        run_btn.click(H.stop, None, None, queue=False).then(
-            H.run, inputs, panel_outputs, concurrency_limit=MAX_CONCURRENT_RUNS, concurrency_id="train",
-            show_progress="hidden",
+        run_btn.click(H.stop, None, None, queue=False, api_name=False).then(
+            H.run, inputs, panel_outputs, concurrency_limit=H.MAX_CONCURRENT_RUNS, concurrency_id="train",
+            show_progress="hidden", api_name="run",
         )
-        stop_btn.click(H.stop, None, None, queue=False)
+        stop_btn.click(H.stop, None, None, queue=False, api_name="stop")
         timeline.input(H.scrub, timeline, panel_outputs, show_progress="hidden", trigger_mode="always_last",
-                       concurrency_limit=4, concurrency_id="view")
-        teacher.change(H.on_teacher_change, [teacher, target], [layer, features_file, labels, target], queue=False)
-        export_btn.click(H.export, None, [export_files, status], concurrency_limit=2, concurrency_id="export")
+                       concurrency_limit=4, concurrency_id="view", api_name="scrub")
+        teacher.change(H.on_teacher_change, [teacher, target], [layer, features_file, labels, target, clip_labels, apm_labels],
+                       queue=False, api_name=False)
+        export_btn.click(H.export, None, [export_files, status], concurrency_limit=2, concurrency_id="export",
+                         api_name="export")
+        with gr.Tab("Interpolation", id="interpolation-tab"):
+            interpolation.build_tab(raw_upload, H.layer_choices)
         demo.unload(H.unload)
     return demo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest` (not only `python -m pytest`) can import apm and tests.corpus
     sys.path.insert(0, str(ROOT))
+
+# Offline, untrained teachers unless the caller chose otherwise: set before anything imports apm or
+# huggingface_hub (the hub reads HF_HUB_OFFLINE once, at import). Tests that need other values monkeypatch them.
+os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 # broken / unusual input corpus (tests/corpus/make_corpus.py)
