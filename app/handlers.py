@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,7 +35,10 @@ log = logging.getLogger("apm.app")
 MAX_STEPS = int(os.environ.get("APM_MAX_STEPS", 2000))  # per-run cap on shared hardware
 MAX_RUN_SECONDS = float(os.environ.get("APM_MAX_RUN_SECONDS", 120))  # per-run wall-clock cap
 MAX_CONCURRENT_RUNS = int(os.environ.get("APM_MAX_CONCURRENT_RUNS", 1))  # 2 vCPUs: one run uses both cores
-FRAME_INTERVAL_S = 0.15  # at most one displayed frame per this many seconds (about 6 per second)
+# torch threads of a training thread (per thread: teachers keep theirs); unset keeps torch's default, which
+# measured as good as one thread on 2 vCPUs with the page rendering beside it
+TRAIN_THREADS = int(os.environ["APM_TRAIN_THREADS"]) if os.environ.get("APM_TRAIN_THREADS") else None
+FRAME_INTERVAL_S = 0.1  # the page hears from a run at least this often (frames, or the step counter between them)
 DEFAULT_LABELS = "face, house, car, snowman, flower, temple, dog, cat, tree, person"
 
 TEACHERS = {
@@ -164,13 +168,12 @@ def folded_markdown(record: RunRecord) -> str:
 # frames and panels
 
 
-def make_frame(run: OverfitRun, snap, record: RunRecord, prepared: Prepared, projection_config: ProjectionConfig,
-               previous: Frame | None, labels: list[str], final: bool) -> Frame:
+def make_frame(snap, trigger_column: np.ndarray, record: RunRecord, prepared: Prepared,
+               projection_config: ProjectionConfig, previous: Frame | None, labels: list[str], final: bool) -> Frame:
     features = snap.features  # (h, w, d): one image
     projection = project(features, projection_config, previous.projection if previous else None, full_fit=final)
     teacher = prepared.teacher_grid if (prepared.teacher_grid is not None and prepared.teacher_grid.shape == features.shape) else None
     metrics = island_metrics(features, teacher)
-    column = run.trigger_columns()[0].cpu().numpy()
     return Frame(
         step=snap.step,
         total_steps=record.total_steps,
@@ -182,43 +185,107 @@ def make_frame(run: OverfitRun, snap, record: RunRecord, prepared: Prepared, pro
         rgb=snap.rgb,
         projection=projection,
         metrics=metrics,
-        trigger_column=column,
+        trigger_column=trigger_column,
         apm_labels=_zero_shot(prepared.teacher, snap.global_vector, labels),
     )
 
 
-def panels(record: RunRecord | None, index: int | None, note: str = "") -> tuple:
-    """Every panel's value for one frame of a run (or the empty page)."""
+STATIC = {2, 4, 9, 11}  # output positions that do not change during a run: input, teacher islands, folded, CLIP
+SLOW = {8, 10}  # heavy outputs refreshed about once a second during a run: unfolded queries, conv filter
+HEAVY = {6, 7, 8, 9, 10, 11, 12}  # left out of the first frame so the islands appear as soon as possible
+N_OUTPUTS = 14
+
+
+def panels(record: RunRecord | None, index: int | None, note: str = "", skip: set[int] = frozenset()) -> tuple:
+    """Every panel's value for one frame of a run (or the empty page); positions in `skip` are left as they are."""
     if record is None or not record.frames:
-        empty = plots.islands_scatter(None)
-        return (status_line(None, None, note), empty, None, None, None, None,
+        return (status_line(None, None, note), plots.islands_scatter(None), None, None, None, None,
                 plots.loss_figure([], [], [], [], [], []), plots.heatmap_figure(None, "Teacher fidelity"),
                 None, "", None, None, None, gr.update(value=0, maximum=1))
     index = len(record.frames) - 1 if index is None else int(np.clip(index, 0, len(record.frames) - 1))
     frame = record.frames[index]
     fr = record.frames
-    loss = plots.loss_figure(record.curve_step, record.curve_feat, record.curve_rgb,
-                             [f.step for f in fr], [f.metrics.n_islands for f in fr],
-                             [f.metrics.n_connected for f in fr], current_step=frame.step)
+    n_steps = len(record.curve_step)  # the trainer thread appends while we read: take one consistent length
     fid = frame.metrics.fidelity_map
     fidelity_title = "cos(APM, teacher) per location" + (
         f", mean {frame.metrics.fidelity:.2f}" if frame.metrics.fidelity is not None else "")
-    return (
-        status_line(frame, record, note),
-        plots.islands_scatter(frame.projection, f"Islands at step {frame.step}: each point is one location"),
-        plots.enlarge(record.input_small),
-        plots.enlarge(frame.projection.image),
-        None if record.teacher_islands is None else plots.enlarge(record.teacher_islands),
-        plots.enlarge(frame.rgb),
-        loss,
-        plots.heatmap_figure(fid, fidelity_title if fid is not None else "needs a dense teacher target", 0.0, 1.0),
-        plots.unfolded_figure(frame.trigger_column, record.positional, record.grid_shape),
-        folded_markdown(record),
-        plots.enlarge(record.conv_filter, 96),
-        _label_dict(record.teacher_labels),
-        _label_dict(frame.apm_labels),
-        gr.update(value=index, maximum=max(1, len(record.frames) - 1)),
-    )
+    makers = [
+        lambda: status_line(frame, record, note),
+        lambda: plots.islands_scatter(frame.projection, f"Islands at step {frame.step}: each point is one location"),
+        lambda: plots.to_uint8(record.input_small),
+        lambda: plots.to_uint8(frame.projection.image),
+        lambda: None if record.teacher_islands is None else plots.to_uint8(record.teacher_islands),
+        lambda: plots.to_uint8(frame.rgb),
+        lambda: plots.loss_figure(record.curve_step[:n_steps], record.curve_feat[:n_steps], record.curve_rgb[:n_steps],
+                                  [f.step for f in fr], [f.metrics.n_islands for f in fr],
+                                  [f.metrics.n_connected for f in fr], current_step=frame.step),
+        lambda: plots.heatmap_figure(fid, fidelity_title if fid is not None else "needs a dense teacher target", 0.0, 1.0),
+        lambda: plots.unfolded_figure(frame.trigger_column, record.positional, record.grid_shape),
+        lambda: folded_markdown(record),
+        lambda: plots.enlarge(record.conv_filter, 96),
+        lambda: _label_dict(record.teacher_labels),
+        lambda: _label_dict(frame.apm_labels),
+        lambda: gr.update(value=index, maximum=max(1, len(record.frames) - 1)),
+    ]
+    return tuple(gr.skip() if k in skip else make() for k, make in enumerate(makers))
+
+
+class Trainer(threading.Thread):
+    """Runs the training loop beside the page: rendering a frame never pauses training.
+
+    It publishes the latest recorded snapshot (with the trigger column and conv filter read between steps,
+    in this thread, so the page never touches the model mid-update) and stops on Stop, a new run in the
+    session, a closed tab, the end of the run, or when nobody has looked for `ABANDON_S` seconds.
+    """
+
+    ABANDON_S = 5.0
+
+    def __init__(self, run: OverfitRun, session: Session, run_id: int, record: RunRecord):
+        super().__init__(daemon=True, name=f"apm-train-{session.session_id[:8]}-{run_id}")
+        self.apm_run, self.session, self.run_id, self.record = run, session, run_id, record
+        self.cond = threading.Condition()
+        self.latest: tuple | None = None  # (snapshot, trigger column, conv weights)
+        self.version = 0
+        self.finished = False
+        self.stopped = False
+        self.error: BaseException | None = None
+        self.last_seen = time.monotonic()
+
+    def run(self) -> None:  # noqa: D102 - threading.Thread API
+        if TRAIN_THREADS:
+            torch.set_num_threads(TRAIN_THREADS)
+        stream = iter(self.apm_run)
+        try:
+            for snap in stream:
+                self.record.curve_step.append(snap.step)
+                self.record.curve_feat.append(snap.feat_loss)
+                self.record.curve_rgb.append(snap.rgb_loss)
+                self.record.last_active = time.monotonic()
+                if snap.recorded:
+                    column = self.apm_run.trigger_columns()[0].cpu().numpy()
+                    conv = self.apm_run.model.column.conv.weight.detach().float().cpu().numpy()
+                    with self.cond:
+                        self.latest, self.version = (snap, column, conv), self.version + 1
+                        self.cond.notify_all()
+                if not snap.done and (self.session.should_stop(self.run_id)
+                                      or time.monotonic() - self.last_seen > self.ABANDON_S):
+                    self.stopped = True
+                    break
+        except BaseException as exc:  # noqa: BLE001 - reported to the page by the generator
+            self.error = exc
+        finally:
+            stream.close()
+            with self.cond:
+                self.finished = True
+                self.cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> tuple[tuple | None, int]:
+        """The latest published snapshot if newer than version `seen` (waits up to `timeout`)."""
+        self.last_seen = time.monotonic()
+        with self.cond:
+            if self.version == seen and not self.finished:
+                self.cond.wait(timeout)
+            return (self.latest if self.version != seen else None), self.version
 
 
 def run(image_path, teacher_choice, layer, random_weights, features_file, target_kind, preset, steps, lr, seed,
@@ -260,39 +327,67 @@ def run(image_path, teacher_choice, layer, random_weights, features_file, target
     )
     session.run = record
     projection_config = PROJECTIONS.get(projection_choice, PROJECTIONS["t-SNE 2D"])
-    stream = iter(apm_run)
-    last_emit = 0.0
+    trainer = Trainer(apm_run, session, run_id, record)
+    trainer.start()
     note = prepared.teacher_label
+    seen, last_slow = 0, 0.0
     try:
-        for snap in stream:
-            record.curve_step.append(snap.step)
-            record.curve_feat.append(snap.feat_loss)
-            record.curve_rgb.append(snap.rgb_loss)
-            record.last_active = time.monotonic()
-            stopping = session.should_stop(run_id)
-            now = time.perf_counter()
-            if snap.recorded and (snap.done or now - last_emit >= FRAME_INTERVAL_S or len(record.frames) == 0):
-                previous = record.frames[-1] if record.frames else None
-                frame = make_frame(apm_run, snap, record, prepared, projection_config, previous, labels, final=snap.done)
-                record.add_frame(frame)
-                if snap.done:
-                    record.status = "done"
-                    record.stop_reason = snap.stop_reason
-                    if snap.stop_reason == "time_budget":
-                        note = f"stopped at the {MAX_RUN_SECONDS:.0f} s cap for shared hardware"
-                yield panels(record, None, note)
-                last_emit = time.perf_counter()
-            if stopping and not snap.done:
-                stream.close()
-                record.status = "stopped"
-                yield panels(record, None, "stopped by you; everything recorded so far is kept")
-                return
+        while True:
+            latest, seen = trainer.wait(seen, FRAME_INTERVAL_S)
+            final = trainer.finished and latest is None
+            if final:
+                break
+            if latest is None:  # nothing new recorded yet: keep the step counter moving
+                if record.frames and len(record.curve_step):
+                    yield (status_line(_live(record), record, note), *([gr.skip()] * (N_OUTPUTS - 1)))
+                continue
+            snap, column, conv = latest
+            previous = record.frames[-1] if record.frames else None
+            record.conv_filter = plots.filter_image(conv)
+            frame = make_frame(snap, column, record, prepared, projection_config, previous, labels, final=snap.done)
+            record.add_frame(frame)
+            if snap.done:
+                record.status, record.stop_reason = "done", snap.stop_reason
+                if snap.stop_reason == "time_budget":
+                    note = f"stopped at the {MAX_RUN_SECONDS:.0f} s cap for shared hardware"
+            skip: set[int] = set()
+            if previous is None and not snap.done:
+                skip |= HEAVY  # the first frame comes light and fast; the heavy panels follow with the second
+            elif len(record.frames) == 2 and not snap.done:
+                skip |= STATIC - HEAVY  # the second frame brings the heavy panels the first one left out
+            elif not snap.done:
+                skip |= STATIC
+                if time.monotonic() - last_slow < 1.0:
+                    skip |= SLOW
+            if not skip & SLOW:
+                last_slow = time.monotonic()
+            yield panels(record, None, note, skip)
+        trainer.join()
+        if trainer.error is not None:
+            raise trainer.error
+        if record.status == "running":
+            record.status = "stopped"
+            note = "stopped by you; everything recorded so far is kept"
+            out = panels(record, None, note)
+            yield (status_line(_live(record), record, note), *out[1:]) if record.frames else out
     except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
         log.exception("run failed")
         record.status = "failed"
-        yield (error_line(f"the run failed: {exc}"), *([gr.skip()] * 13))
+        yield (error_line(f"the run failed: {exc}"), *([gr.skip()] * (N_OUTPUTS - 1)))
     finally:
-        stream.close()
+        if trainer.is_alive() and session.active_run_id == run_id:
+            session.request_stop()  # the page went away (closed generator): free the CPU now
+        trainer.join(timeout=5.0)
+
+
+def _live(record: RunRecord) -> Frame:
+    """The last frame with the live step and losses, for status-only updates between frames."""
+    last = record.frames[-1]
+    n = len(record.curve_step)
+    step = record.curve_step[n - 1]
+    elapsed = last.elapsed_s * step / max(last.step, 1)
+    return replace(last, step=step, feat_loss=record.curve_feat[n - 1], rgb_loss=record.curve_rgb[n - 1],
+                               elapsed_s=elapsed)
 
 
 def stop(request: gr.Request = None) -> None:

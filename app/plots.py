@@ -124,8 +124,8 @@ def loss_figure(
 ) -> PlotData:
     """Loss curves (log scale) beside the whole-to-part curve (island count against step)."""
     data = [
-        {"type": "scattergl", "x": steps, "y": feat, "name": "feature loss", "line": {"color": "#1f77b4"}},
-        {"type": "scattergl", "x": steps, "y": rgb, "name": "RGB loss", "line": {"color": "#d62728"}},
+        {"type": "scatter", "x": steps, "y": feat, "name": "feature loss", "line": {"color": "#1f77b4"}},
+        {"type": "scatter", "x": steps, "y": rgb, "name": "RGB loss", "line": {"color": "#d62728"}},
         {"type": "scatter", "x": island_steps, "y": n_islands, "name": "feature clusters", "mode": "lines+markers",
          "line": {"color": "#2ca02c", "shape": "hv"}, "xaxis": "x2", "yaxis": "y2"},
         {"type": "scatter", "x": island_steps, "y": n_connected, "name": "connected islands", "mode": "lines+markers",

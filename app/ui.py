@@ -19,6 +19,8 @@ CSS = """
               border-radius: 8px; background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .apm-error { color: #b42318; background: #fef3f2; border-color: #fda29b; }
 .apm-caption { color: var(--body-text-color-subdued); font-size: 13px; }
+/* grid-resolution images are sent small and enlarged by the browser, crisp */
+#input-small img, #islands-image img, #teacher-islands img, #rgb-image img, #conv-filter img { image-rendering: pixelated; }
 """
 
 INTRO = """
