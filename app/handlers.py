@@ -447,12 +447,12 @@ def _scatter_image(frame: Frame, size: int = 256) -> Image.Image:
     return canvas
 
 
-def export(request: gr.Request = None) -> tuple[list[str] | None, str]:
+def export(request: gr.Request = None) -> tuple[dict, str]:
     """An animated GIF of the islands, the snapshots as .npz and the panels as PNG, in this session's folder."""
     session = session_for(request)
     record = session.run
     if record is None or not record.frames:
-        return None, error_line("nothing to export yet: press Run first")
+        return gr.update(value=None, visible=False), error_line("nothing to export yet: press Run first")
     out = session.folder / f"run-{record.run_id}"
     frames = record.frames
     gif_frames = [
@@ -488,7 +488,7 @@ def export(request: gr.Request = None) -> tuple[list[str] | None, str]:
         x += tile.width + 8
     write_atomic(out / "panels.png", lambda tmp: sheet.save(tmp, format="PNG"))
     files = [str(out / name) for name in ("islands.gif", "snapshots.npz", "panels.png")]
-    return files, status_line(last, record, f"exported {len(frames)} frames")
+    return gr.update(value=files, visible=True), status_line(last, record, f"exported {len(frames)} frames")
 
 
 def default_random_weights() -> bool:

@@ -20,7 +20,8 @@ CSS = """
 .apm-error { color: #b42318; background: #fef3f2; border-color: #fda29b; }
 .apm-caption { color: var(--body-text-color-subdued); font-size: 13px; }
 /* grid-resolution images are sent small and enlarged by the browser, crisp */
-#input-small img, #islands-image img, #teacher-islands img, #rgb-image img, #conv-filter img { image-rendering: pixelated; }
+#input-small img, #islands-image img, #teacher-islands img, #rgb-image img, #conv-filter img {
+  width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
 """
 
 INTRO = """
@@ -127,11 +128,11 @@ def build_demo() -> gr.Blocks:
                                                elem_id="islands-plot", scale=3)
                         with gr.Column(scale=2):
                             with gr.Row():
-                                input_small = gr.Image(label="Input at grid resolution", elem_id="input-small", interactive=False, height=180)
+                                input_small = gr.Image(label="Input (grid)", elem_id="input-small", interactive=False, height=180)
                                 islands_image = gr.Image(label="APM islands", elem_id="islands-image", interactive=False, height=180)
                             with gr.Row():
-                                teacher_islands = gr.Image(label="Teacher's own islands", elem_id="teacher-islands", interactive=False, height=180)
-                                rgb_image = gr.Image(label="Reconstructed RGB (RGB head)", elem_id="rgb-image", interactive=False, height=180)
+                                teacher_islands = gr.Image(label="Teacher islands", elem_id="teacher-islands", interactive=False, height=180)
+                                rgb_image = gr.Image(label="RGB head", elem_id="rgb-image", interactive=False, height=180)
                     timeline = gr.Slider(0, 1, value=0, step=1, label="Timeline: scrub through recorded snapshots", elem_id="timeline")
                     loss_plot = gr.Plot(label="Loss and whole-to-part curves", elem_id="loss-plot")
                     with gr.Row():
@@ -148,7 +149,8 @@ def build_demo() -> gr.Blocks:
                         unfolded_plot = gr.Plot(label="Unfolded state", elem_id="unfolded-plot")
                     with gr.Row():
                         export_btn = gr.Button("Export GIF, snapshots (.npz) and panels (PNG)", elem_id="export")
-                        export_files = gr.File(label="Exports", file_count="multiple", interactive=False, elem_id="export-files", height=120)
+                        export_files = gr.File(label="Exports", file_count="multiple", interactive=False, elem_id="export-files",
+                                               visible=False)
                     with gr.Accordion("About: GLOM, islands and the APM, in plain words", open=False):
                         gr.Markdown(ABOUT)
 

@@ -214,9 +214,9 @@ def test_scrub_before_any_run():
 
 def test_export_writes_files_that_open(finished):
     request, _, session = finished
-    files, status = H.export(request)
-    assert "apm-error" not in status and "exported" in status
-    paths = [Path(f) for f in files]
+    update, status = H.export(request)
+    assert "apm-error" not in status and "exported" in status and update["visible"] is True
+    paths = [Path(f) for f in update["value"]]
     assert [p.name for p in paths] == ["islands.gif", "snapshots.npz", "panels.png"]
     assert all(p.is_file() and p.stat().st_size > 0 and session.folder in p.parents for p in paths)
     n = len(session.run.frames)
@@ -235,8 +235,9 @@ def test_export_writes_files_that_open(finished):
 
 
 def test_export_before_any_run():
-    files, status = H.export(Req("handlers-export-empty"))
-    assert files is None and "apm-error" in status and "press Run first" in status
+    update, status = H.export(Req("handlers-export-empty"))
+    assert update["value"] is None and update["visible"] is False
+    assert "apm-error" in status and "press Run first" in status
     H.unload(Req("handlers-export-empty"))
 
 
@@ -285,8 +286,8 @@ def test_stop_ends_a_running_generator_and_keeps_frames():
     assert len(record.curve_step) == record.curve_step[-1]  # nothing ran after the stop
     # the recorded frames stay viewable and exportable
     assert parse_status(H.scrub(0, request))["step"] == record.frames[0].step
-    files, status = H.export(request)
-    assert files and "apm-error" not in status
+    update, status = H.export(request)
+    assert update["value"] and "apm-error" not in status
     # and the next run in this session works
     again = run_all(request, example_image(), steps=10, update_every=5)
     assert parse_status(again[-1])["step"] == 10 and H.STORE.peek("handlers-stop").run.status == "done"
@@ -321,7 +322,7 @@ def test_two_sessions_do_not_see_each_other(corpus):
     assert sa.run.status == "stopped" and sb.run.status == "done"
     assert not np.array_equal(sa.run.input_small, sb.run.input_small)  # different images
     assert "stopped" in status_of(H.scrub(0, a)) and "done" in status_of(H.scrub(0, b))
-    files_b, _ = H.export(b)
+    files_b = H.export(b)[0]["value"]
     assert all(sb.folder in Path(f).parents for f in files_b)
     H.unload(a)  # closing tab A drops A's session and files, not B's
     assert H.STORE.peek(a.session_hash) is None and not sa.folder.exists()
