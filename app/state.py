@@ -6,6 +6,8 @@ request) reaches the run it stops. Sessions expire after an idle time, and their
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import tempfile
 import threading
@@ -103,11 +105,25 @@ class Session:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _process_root() -> Path:
+    """This process's folder for session files, under one shared parent; folders of dead processes are swept."""
+    parent = Path(tempfile.gettempdir()) / "apm-app"
+    parent.mkdir(parents=True, exist_ok=True)
+    for folder in parent.iterdir():
+        pid = folder.name.removeprefix("pid-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    root = parent / f"pid-{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 class SessionStore:
     """Thread-safe registry of sessions, with idle expiry and a size bound."""
 
     def __init__(self, root: Path | None = None, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
-        self.root = Path(root or tempfile.mkdtemp(prefix="apm-app-"))
+        self.root = Path(root) if root else _process_root()
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions

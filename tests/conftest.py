@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ if str(ROOT) not in sys.path:  # `pytest` (not only `python -m pytest`) can impo
 os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# teacher outputs cached by the tests go to a throwaway folder, not the user's ~/.cache/apm
+os.environ.setdefault("APM_CACHE_DIR", tempfile.mkdtemp(prefix="apm-test-cache-"))
 
 
 # broken / unusual input corpus (tests/corpus/make_corpus.py)

@@ -152,3 +152,43 @@ def test_a_broken_upload_shows_an_error_then_a_run_works(browser, server, artifa
     page.click("#stop")
     page.wait_for_function(f"() => {FINISHED}", timeout=30_000, polling=50)
     page.close()
+
+
+JS_CAMERA_EYE = """() => {
+    const gd = document.querySelector('#islands-plot .js-plotly-plot');
+    const scene = gd && gd._fullLayout && gd._fullLayout.scene && gd._fullLayout.scene._scene;
+    return scene ? scene.getCamera().eye : null;
+}"""
+
+
+def test_3d_camera_stays_where_the_user_put_it(browser, server, artifacts):
+    """Live updates of the t-SNE 3D scatter keep the camera the user dragged to (plotly's uirevision)."""
+    page = open_app(browser, server)
+    try:
+        upload_image(page, ROOT / "assets" / "examples" / "house.png")
+        page.get_by_text("t-SNE 3D", exact=True).click()
+        page.click("#run")
+        page.wait_for_function(f"() => ({JS_ISLAND_POINTS})() > 0", timeout=60_000)
+        page.wait_for_function(js_step_above(30), timeout=60_000)
+        page.locator("#islands-plot").scroll_into_view_if_needed()
+        box = page.locator("#islands-plot").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        default = page.evaluate(JS_CAMERA_EYE)
+        for _ in range(3):  # a drag across the scene turns the camera (retried if a live update interrupted it)
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            for k in range(20):
+                page.mouse.move(cx + 8 * k, cy + 3 * k, steps=2)
+            page.mouse.up()
+            turned = page.evaluate(JS_CAMERA_EYE)
+            if turned != default:
+                break
+        assert turned != default
+        step, total = status_step(status(page))
+        page.wait_for_function(js_step_above(min(step + 40, total - 1)), timeout=120_000)  # live updates later
+        assert page.evaluate(JS_CAMERA_EYE) == pytest.approx(turned)
+        shot(page, artifacts, "06-camera-kept")
+        page.click("#stop")
+        page.wait_for_function(FINISHED, timeout=30_000)
+    finally:
+        page.close()
