@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,44 @@ def test_subprocess_exit_code_and_no_traceback(files):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: image file not found: {files['dir'] / 'missing.png'}"
+
+
+def test_teacher_dump(files, capsys):
+    out = files["dir"] / "grid.npy"
+    assert main(["teacher", str(files["image"]), "--teacher", "dinov2", "--layer", "3", "--random-weights", "--out", str(out)]) == 0
+    grid = np.load(out, allow_pickle=False)
+    assert grid.shape == (16, 16, 384) and grid.dtype == np.float32 and np.isfinite(grid).all()
+    assert "layer 3" in capsys.readouterr().out
+
+
+def test_overfit_with_a_teacher(files):
+    out = files["dir"] / "t"
+    code = main(["overfit", str(files["image"]), "--teacher", "dinov2", "--layer", "5", "--random-weights",
+                 "--target-kind", "both", "--steps", "3", "--out", str(out)])
+    assert code == 0
+    run = np.load(out / "run.npz")
+    assert run["features"].shape[1:] == (16, 16, 384) and run["global_vector"].shape[1:] == (384,)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"]["name"] == "dinov2" and summary["target"]["layer"] == 5
+    assert summary["target"]["random_weights"] is True and "untrained" in summary["target"]["label"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--teacher", "dinov2", "--layer", "40", "--random-weights"], "layers 0-11"),
+    (["--teacher", "resnet", "--random-weights"], "dinov2, clip, mvit"),
+])
+def test_teacher_errors_are_one_line(files, argv, message, capsys):
+    assert main(["teacher", str(files["image"]), *argv, "--out", str(files["dir"] / "g.npy")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_missing_weights_offline_is_one_clear_line(files, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "APM_RANDOM_WEIGHTS": "0"}
+    for argv in (["download", "dinov2"], ["overfit", str(files["image"]), "--teacher", "dinov2", "--steps", "2",
+                                          "--out", str(tmp_path / "o")]):
+        proc = subprocess.run([sys.executable, "-m", "apm", *argv], capture_output=True, text=True, cwd=ROOT, env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr
+        assert "vit_small_patch14_dinov2" in lines[0] and "python -m apm download dinov2" in lines[0]
+        assert str(tmp_path / "hf") in lines[0]
