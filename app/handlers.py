@@ -57,6 +57,30 @@ PROJECTIONS = {
 STORE = SessionStore()
 
 
+def _zero_gpu():
+    """`spaces.GPU` on a Hugging Face ZeroGPU Space, a no-op decorator everywhere else.
+
+    ZeroGPU runs a decorated call in a short-lived GPU worker, so it suits the stateless teacher step; the
+    APM's training stays in this process, where Stop and the timeline can reach it (and uses CUDA by itself
+    on a Space with a dedicated GPU: devices default to "auto").
+    """
+    if os.environ.get("SPACES_ZERO_GPU"):
+        try:
+            import spaces  # only present on Spaces
+
+            return spaces.GPU
+        except ImportError:
+            log.warning("SPACES_ZERO_GPU is set but the `spaces` package is missing: running without ZeroGPU")
+    return lambda fn: fn
+
+
+@_zero_gpu()
+def encode_with_teacher(key: str, layer: int | None, random_weights: bool, image: Image.Image):
+    """Create (or reuse) a teacher and encode an image: (teacher, TeacherOutput)."""
+    teacher = create_teacher(key, layer=layer, random_weights=random_weights)
+    return teacher, teacher.encode(image)
+
+
 def session_for(request: gr.Request | None) -> Session:
     return STORE.get(getattr(request, "session_hash", None) or "local")
 
@@ -107,8 +131,7 @@ def prepare(image_path: str | None, teacher_choice: str, layer: float | None, ra
         grid = array if dense else None
         return Prepared(image, Target.from_array(array), f"your features {tuple(array.shape)}", grid,
                         teacher_islands(grid) if dense else None, None, None)
-    teacher = create_teacher(key, layer=None if layer is None else int(layer), random_weights=bool(random_weights))
-    out = teacher.encode(image)
+    teacher, out = encode_with_teacher(key, None if layer is None else int(layer), bool(random_weights), image)
     target = Target(grid=out.grid if kind in ("dense", "both") else None,
                     global_vector=out.global_vector if kind in ("global", "both") else None)
     return Prepared(image, target, out.info.label, out.grid, teacher_islands(out.grid), teacher, out.global_vector)
