@@ -82,19 +82,33 @@ def training_figures(emit: Callable[[str, float], None]) -> None:
 
 
 def quality_figures(emit: Callable[[str, float], None]) -> None:
-    """bf16 autocast against fp32 on a structured target: final loss ratio (near 1 is what we want)."""
+    """bf16 autocast against fp32 on a structured target: final losses and the islands they give.
+
+    The target has 6 parts (a whole broken into regions, each a smooth field), so islands are well defined;
+    `bf16_vs_fp32_islands_ari` is the adjusted Rand index between the two runs' island labels (1: identical).
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    from .islands import island_metrics
     from .model import sincos_2d
 
     rng = np.random.default_rng(0)
-    pos = sincos_2d(16, 16, 32).numpy()
-    target = np.tanh(pos @ rng.normal(size=(32, 384))).reshape(16, 16, 384).astype(np.float32)
-    image, _ = _synthetic(16, 16, 3)
-    final = {}
+    h = w = 16
+    parts = (np.arange(h)[:, None] // 6) * 3 + (np.arange(w)[None, :] // 6)  # (h, w) region ids, 0..8
+    centres = rng.normal(size=(int(parts.max()) + 1, 384))
+    smooth = np.tanh(sincos_2d(h, w, 32).numpy() @ rng.normal(size=(32, 384))).reshape(h, w, 384)
+    target = (centres[parts] + 0.3 * smooth).astype(np.float32)
+    image, _ = _synthetic(h, w, 3)
+    final, labels = {}, {}
     for precision in ("fp32", "bf16"):
-        run = OverfitRun(image, target, TrainConfig(steps=300, precision=precision), "cpu")
-        final[precision] = list(run)[-1].feat_loss
-    emit("cpu_preset_final_loss_fp32", final["fp32"])
-    emit("cpu_preset_final_loss_bf16", final["bf16"])
+        last = list(OverfitRun(image, target, TrainConfig(steps=300, precision=precision), "cpu"))[-1]
+        final[precision] = last.feat_loss
+        metrics = island_metrics(last.features)
+        labels[precision] = metrics.labels.ravel()
+        emit(f"cpu_preset_final_loss_{precision}", last.feat_loss)
+        emit(f"cpu_preset_islands_{precision}", metrics.n_islands)
+    emit("teacher_islands_true", len(np.unique(parts)))
+    emit("bf16_vs_fp32_islands_ari", adjusted_rand_score(labels["fp32"], labels["bf16"]))
 
 
 def islands_figures(emit: Callable[[str, float], None]) -> None:
