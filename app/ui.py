@@ -20,7 +20,8 @@ CSS = """
 .apm-error { color: #b42318; background: #fef3f2; border-color: #fda29b; }
 .apm-caption { color: var(--body-text-color-subdued); font-size: 13px; }
 /* grid-resolution images are sent small and enlarged by the browser, crisp */
-#input-small img, #islands-image img, #teacher-islands img, #rgb-image img, #conv-filter img {
+#input-small img, #islands-image img, #teacher-islands img, #rgb-image img, #conv-filter img,
+#walk-rgb-a img, #walk-rgb img, #walk-islands img, #walk-rgb-b img {
   width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
 """
 
