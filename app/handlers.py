@@ -7,6 +7,7 @@ history for the timeline, and turn every user mistake into a readable message in
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import threading
@@ -171,7 +172,8 @@ def status_line(frame: Frame | None, record: RunRecord | None, note: str = "") -
 
 
 def error_line(message: str) -> str:
-    return f"<div class='apm-status apm-error'>⚠ {message}</div>"
+    """A readable error in the status box. The text is escaped: it can quote a file name or an exception."""
+    return f"<div class='apm-status apm-error'>⚠ {html.escape(str(message), quote=False)}</div>"
 
 
 def folded_markdown(record: RunRecord) -> str:
@@ -316,6 +318,9 @@ def run(image_path, teacher_choice, layer, random_weights, features_file, target
     """Train a fresh APM and stream its panels; a Stop click or a closed tab ends it within a frame."""
     session = session_for(request)
     run_id = session.start_run()
+    if session.should_stop(run_id):  # Stop was pressed while this run waited in the queue
+        yield (status_line(None, None, "stopped before it started: press Run again"), *([gr.skip()] * 13))
+        return
     try:
         prepared = prepare(image_path, teacher_choice, layer, random_weights, features_file, target_kind)
         steps = int(steps or 300)
@@ -400,7 +405,9 @@ def run(image_path, teacher_choice, layer, random_weights, features_file, target
     finally:
         if trainer.is_alive() and session.active_run_id == run_id:
             session.request_stop()  # the page went away (closed generator): free the CPU now
-        trainer.join(timeout=5.0)
+        # no waiting here: Gradio closes an abandoned generator on its event loop; the trainer ends after its step
+        if record.status == "running":  # closed mid-run (client gone, job cancelled): the record says so
+            record.status = "stopped"
 
 
 def _live(record: RunRecord) -> Frame:
@@ -411,6 +418,11 @@ def _live(record: RunRecord) -> Frame:
     elapsed = last.elapsed_s * step / max(last.step, 1)
     return replace(last, step=step, feat_loss=record.curve_feat[n - 1], rgb_loss=record.curve_rgb[n - 1],
                                elapsed_s=elapsed)
+
+
+def queue_run(request: gr.Request = None) -> None:
+    """The Run button's first, unqueued step: stop this tab's current run and ready a stop flag for the next."""
+    session_for(request).queue_run()
 
 
 def stop(request: gr.Request = None) -> None:
@@ -476,8 +488,16 @@ def export(request: gr.Request = None) -> tuple[dict, str]:
     record = session.run
     if record is None or not record.frames:
         return gr.update(value=None, visible=False), error_line("nothing to export yet: press Run first")
+    try:
+        return _export(session, record)
+    except Exception as exc:  # noqa: BLE001 - a full disk or a bad frame: a message, files written before stay
+        log.exception("export failed")
+        return gr.skip(), error_line(f"the export failed: {exc}")
+
+
+def _export(session: Session, record: RunRecord) -> tuple[dict, str]:
     out = session.folder / f"run-{record.run_id}"
-    frames = record.frames
+    frames = list(record.frames)  # the trainer's generator may thin the list while we write
     gif_frames = [
         _caption(Image.fromarray(np.concatenate([plots.enlarge(f.projection.image, 192), plots.enlarge(f.rgb, 192)], axis=1)),
                  f"step {f.step}: islands | RGB")

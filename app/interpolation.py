@@ -32,6 +32,7 @@ from .handlers import (
     TEACHERS,
     default_random_weights,
     error_line,
+    queue_run,
     session_for,
     stop,
 )
@@ -169,6 +170,9 @@ def train_walk(image_a, image_b, teacher_choice, layer, random_weights, steps, f
     """Train on both images with live losses and reconstructions, then decode the walk."""
     session = session_for(request)
     run_id = session.start_run()
+    if session.should_stop(run_id):  # Stop was pressed while this training waited in the queue
+        yield (_status("stopped before it started: press 'Train on both' again"), *([gr.skip()] * (N_OUTPUTS - 1)))
+        return
     try:
         if not image_a or not image_b:
             raise InputError("give two images: one for each end of the walk (A and B)")
@@ -341,7 +345,7 @@ def build_tab(raw_upload, layer_choices) -> None:
                                 visible=False)
 
     outputs = [status, loss, rgb_a, rgb_b, walk_rgb, walk_islands, scatter, alpha]
-    train_btn.click(stop, None, None, queue=False, api_name=False).then(
+    train_btn.click(queue_run, None, None, queue=False, api_name=False).then(
         train_walk, [image_a, image_b, teacher, layer, random_weights, steps, frames, projection], outputs,
         concurrency_limit=MAX_CONCURRENT_RUNS, concurrency_id="train", show_progress="hidden", api_name="train_walk")
     stop_btn.click(stop, None, None, queue=False, api_name=False)

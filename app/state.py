@@ -82,14 +82,33 @@ class Session:
         self.walk = None  # the interpolation tab's trained walk (app.interpolation.Walk)
         self.active_run_id = 0
         self.stop_event = threading.Event()
+        self.queued = False  # Run was pressed and its run has not started yet
         self.last_seen = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
 
-    def start_run(self) -> int:
-        """A new run id; a run still going in this session sees it and stops."""
+    def queue_run(self) -> None:
+        """Run was pressed: the running run stops now, and the next run to start here takes a fresh stop flag.
+
+        A Stop pressed while that run still waits in the queue sets the fresh flag, so the run ends as it starts.
+        """
         with self.lock:
             self.active_run_id += 1
+            self.stop_event.set()
             self.stop_event = threading.Event()
+            self.queued = True
+
+    def start_run(self) -> int:
+        """The id of a starting run; a run still going in this session sees it and stops.
+
+        After `queue_run` (the page's Run button) the queued id and its stop flag are taken as they are; a run
+        started straight through the API gets a new id and a fresh flag.
+        """
+        with self.lock:
+            if not self.queued:
+                self.active_run_id += 1
+                self.stop_event.set()
+                self.stop_event = threading.Event()
+            self.queued = False
             return self.active_run_id
 
     def should_stop(self, run_id: int) -> bool:

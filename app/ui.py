@@ -161,7 +161,7 @@ def build_demo() -> gr.Blocks:
                   projection, update_every, labels]
 
         # Run first stops this tab's previous run (not queued), then trains (queued, few at a time)
-        run_btn.click(H.stop, None, None, queue=False, api_name=False).then(
+        run_btn.click(H.queue_run, None, None, queue=False, api_name=False).then(
             H.run, inputs, panel_outputs, concurrency_limit=H.MAX_CONCURRENT_RUNS, concurrency_id="train",
             show_progress="hidden", api_name="run",
         )

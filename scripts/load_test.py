@@ -1,18 +1,28 @@
 """Load test: start the app on 127.0.0.1 and drive it with simultaneous `gradio_client` sessions.
 
-    python scripts/load_test.py                    # 8 simultaneous sessions, 60 steps each
-    python scripts/load_test.py --sessions 8 --steps 60 --repeat 50   # then 50 runs one after another
-    python scripts/load_test.py --broken           # the broken-input corpus through the API
+    python scripts/load_test.py                                  # 8 simultaneous sessions, 60 steps each
+    python scripts/load_test.py --sessions 8 --max-queue 3       # a small queue: some get "queue is full"
+    python scripts/load_test.py --sessions 2 --steps 20 --repeat 50   # then 50 runs one after another
+    python scripts/load_test.py --broken                         # the broken-input corpus through the API
 
-It prints completed / queued / rejected-with-message / failed counts, the p50 and p95 time to the first
-frame, and the server's memory and thread count before and after. Traffic goes only to 127.0.0.1; every loop
-is bounded in count and time, and the server is stopped at the end.
+Each session is its own `gradio_client.Client` (its own Gradio session): it uploads an image, runs a short
+training of an untrained teacher (offline) and closes, which ends its heartbeat so the server unloads the
+session and deletes its folder, as a closed browser tab does.
+
+It prints completed / queued / rejected-with-message / failed counts, the p50 and p95 time to the first frame
+(from submitting, so it includes waiting in the queue, and from the moment the server started the run), and
+the server's memory, threads, CPU use and files before and after; then the targets, each PASS or FAIL (exit
+status 1 if any fails). Traffic goes only to 127.0.0.1; every loop is bounded in count and time; the server
+runs with a private TMPDIR (its session folders and Gradio's upload cache) and is stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,7 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TEACHER = "DINOv2 ViT-S/14"
-TIME_LIMIT_S = 600  # the whole script never runs longer than this
+OWN = "Your own features (.npy / .pt)"
+MIN_STEPS = 10  # the Steps slider's minimum: Gradio 6 refuses smaller values from API clients too
+TIME_LIMIT_S = 900  # the whole script never runs longer than this
+RSS_BUDGET_MB = 300  # memory after the load may exceed memory before by at most this
+IDLE_SLACK_PCT = 15.0  # idle CPU after the load may exceed idle CPU before by this much (% of one core)
+SETTLE_S = 25.0  # after the load, wait up to this long for threads and session folders to go
+# (a closed gradio_client ends its heartbeat stream at the server's next heartbeat, 15 s by default; only
+# then does the server run `unload`)
 
 
 def free_port() -> int:
@@ -36,196 +53,382 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """Resident memory (MB) and thread count of a process, from /proc."""
-    out = {}
+# the server process, seen from outside
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """Resident memory (MB), thread count and CPU seconds used so far of a process, from /proc."""
+    out: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            out["rss_mb"] = int(line.split()[1]) // 1024
+            out["rss_mb"] = int(line.split()[1]) / 1024
         elif line.startswith("Threads:"):
             out["threads"] = int(line.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    out["cpu_s"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
     return out
 
 
-def start_server(port: int, env_extra: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+def cpu_percent(pid: int, seconds: float = 2.0) -> float:
+    """CPU use of the process over the next `seconds`, in percent of one core (idle is close to 0)."""
+    c0, t0 = proc_status(pid)["cpu_s"], time.monotonic()
+    time.sleep(seconds)
+    return 100.0 * (proc_status(pid)["cpu_s"] - c0) / (time.monotonic() - t0)
+
+
+def server_files(tmp: Path) -> dict[str, int]:
+    """What the server keeps on disk: session folders (app/state.py), files in them, uploads in Gradio's cache."""
+    sessions = [p for p in tmp.glob("apm-app*/**/session-*") if p.is_dir()]  # apm-app/pid-N/session-*
+    uploads = [p for p in (tmp / "gradio").rglob("*") if p.is_file()] if (tmp / "gradio").is_dir() else []
+    return {"session_folders": len(sessions), "session_files": sum(1 for s in sessions for p in s.rglob("*") if p.is_file()),
+            "uploads": len(uploads)}
+
+
+def snapshot(proc: subprocess.Popen, tmp: Path) -> dict[str, float]:
+    return {**proc_status(proc.pid), **server_files(tmp)}
+
+
+def start_server(port: int, tmp: Path, env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "TMPDIR": str(tmp),
            "APM_RANDOM_WEIGHTS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env_extra}
-    log = open(Path(tempfile.gettempdir()) / f"apm-load-server-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    env.pop("GRADIO_TEMP_DIR", None)  # Gradio's upload cache goes under the private TMPDIR
+    log_path = Path(tempfile.gettempdir()) / f"apm-load-server-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
+                print(f"server pid {proc.pid} on http://127.0.0.1:{port}/ (log {log_path}, removed if all passes)",
+                      flush=True)
+                proc.log_path = log_path  # type: ignore[attr-defined]
                 return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"the app exited with code {proc.returncode}; see {log.name}")
+                raise RuntimeError(f"the app exited with code {proc.returncode}; see {log_path}") from None
             time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the app did not start within 120 s")
+    stop_server(proc)
+    raise RuntimeError("the app did not start within 180 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate the server's own process group (it leads it), then kill it if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(15)
+
+
+# one client session
 
 
 @dataclass
 class Outcome:
     kind: str  # completed | rejected | failed
-    first_frame_s: float | None = None
+    first_frame_s: float | None = None  # from submitting to the first streamed output (includes queueing)
+    started_s: float | None = None  # from submitting until the server started the run (status PROCESSING)
     total_s: float | None = None
-    queued: bool = False
+    queued: bool = False  # waited in the queue (the server reported a queue position)
     message: str = ""
     statuses: list[str] = field(default_factory=list)
 
+    @property
+    def first_frame_after_start_s(self) -> float | None:
+        if self.first_frame_s is None or self.started_s is None:
+            return None
+        return self.first_frame_s - self.started_s
 
-def one_session(url: str, image: str, steps: int, timeout_s: float) -> Outcome:
-    from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
-    t0 = time.monotonic()
-    job = client.submit(handle_file(image), TEACHER, 11, True, None, "Dense grid", "cpu", steps, 1e-3, 0,
-                        "t-SNE 2D", 10, "", api_name="/run")
+def run_args(image: str, steps: int, *, teacher: str = TEACHER, features: str | None = None,
+             projection: str = "t-SNE 2D", update_every: int = 10) -> tuple:
+    """The 13 inputs of /run, in the page's order (files wrapped for upload)."""
+    from gradio_client import handle_file
+
+    return (handle_file(image), teacher, 11, True, None if features is None else handle_file(features), "Dense grid",
+            "cpu", max(MIN_STEPS, int(steps)), 1e-3, 0, projection, update_every, "")
+
+
+def plain(status: str) -> str:
+    for tag in ("<div class='apm-status apm-error'>", "<div class='apm-status'>", "</div>"):
+        status = status.replace(tag, "")
+    return status
+
+
+def one_session(url: str, image: str, steps: int, timeout_s: float, **kwargs) -> Outcome:
+    """Submit one run in a fresh session, follow it to the end (or `timeout_s`), close the session."""
+    from gradio_client import Client
+    from gradio_client.utils import QueueError, Status
+
     outcome = Outcome("failed")
-    seen = 0
+    t0 = time.monotonic()
+    client = None
     try:
-        while time.monotonic() - t0 < timeout_s:
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        t0 = time.monotonic()
+        job = client.submit(*run_args(image, steps, **kwargs), api_name="/run")
+        seen = 0
+        while True:
             status = job.status()
-            if getattr(status, "code", None) is not None and str(status.code).endswith("IN_QUEUE") and (status.rank or 0) > 0:
+            if status.code == Status.IN_QUEUE:  # any rank: rank 0 is "next", still waiting for a free slot
                 outcome.queued = True
+            elif status.code in (Status.PROCESSING, Status.ITERATING) and outcome.started_s is None:
+                outcome.started_s = time.monotonic() - t0
             outputs = job.outputs()
             if len(outputs) > seen:
                 if outcome.first_frame_s is None:
                     outcome.first_frame_s = time.monotonic() - t0
+                    if outcome.started_s is None:
+                        outcome.started_s = outcome.first_frame_s
                 outcome.statuses += [str(o[0]) for o in outputs[seen:]]
                 seen = len(outputs)
             if job.done():
                 break
-            time.sleep(0.05)
-        else:
-            job.cancel()
-            outcome.message = "timed out"
+            if time.monotonic() - t0 > timeout_s:
+                job.cancel()
+                outcome.message = f"timed out after {timeout_s:.0f} s"
+                return outcome
+            time.sleep(0.02)
+        try:
+            result = job.result()
+        except QueueError as exc:  # gradio_client 2.x: HTTP 503 from /queue/join, raised by result()
+            outcome.kind, outcome.message = "rejected", str(exc)
             return outcome
-        job.result()  # raises on a server-side error or a full queue
-        last = outcome.statuses[-1] if outcome.statuses else ""
-        outcome.kind = "completed" if "done" in last else "failed"
-        outcome.message = last
+        final = str(result[0]) if result else (outcome.statuses[-1] if outcome.statuses else "")
+        outcome.kind = "completed" if "done" in final and "apm-error" not in final else "failed"
+        outcome.message = plain(final)
     except Exception as exc:  # noqa: BLE001 - classify whatever the client raises
-        text = str(exc)
-        outcome.kind = "rejected" if "queue" in text.lower() and "full" in text.lower() else "failed"
-        outcome.message = text
-    outcome.total_s = time.monotonic() - t0
-    client.close() if hasattr(client, "close") else None
+        text = f"{type(exc).__name__}: {exc}"
+        full = "queue" in text.lower() and "full" in text.lower()
+        outcome.kind, outcome.message = ("rejected" if full else "failed"), text
+    finally:
+        outcome.total_s = time.monotonic() - t0
+        if client is not None:
+            client.close()  # ends the heartbeat: the server unloads the session, as for a closed tab
     return outcome
 
 
-def run_broken(url: str) -> int:
-    """Every file of the broken-input corpus through the API: each must get a clear message, none a crash."""
-    from gradio_client import Client, handle_file
+# reporting
 
-    from tests.corpus.make_corpus import BROKEN_IMAGES, make_corpus
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least q% of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
+
+
+def print_times(name: str, values: list[float]) -> None:
+    if values:
+        print(f"{name}_p50_s {statistics.median(values):.2f}")
+        print(f"{name}_p95_s {percentile(values, 95):.2f}")
+        print(f"{name}_max_s {max(values):.2f}")
+
+
+def settle(proc: subprocess.Popen, tmp: Path, base_threads: float, deadline_s: float = SETTLE_S) -> dict[str, float]:
+    """Wait (bounded) until the server is back to its thread count and has no session folders; then measure."""
+    end = time.monotonic() + deadline_s
+    while True:
+        snap = snapshot(proc, tmp)
+        if (snap["threads"] <= base_threads and snap["session_folders"] == 0) or time.monotonic() > end:
+            break
+        time.sleep(1.0)
+    snap["cpu_idle_pct"] = cpu_percent(proc.pid, 2.0)
+    return snap
+
+
+def print_server(prefix: str, before: dict, after: dict) -> None:
+    for key, fmt in (("rss_mb", "{:.0f}"), ("threads", "{:.0f}"), ("session_folders", "{:.0f}"),
+                     ("session_files", "{:.0f}"), ("uploads", "{:.0f}")):
+        print(f"{prefix}{key}_before {fmt.format(before[key])}")
+        print(f"{prefix}{key}_after {fmt.format(after[key])}")
+    print(f"{prefix}cpu_idle_pct_before {before['cpu_idle_pct']:.1f}")  # Gradio's queue polls every 1 ms: ~5-10%
+    print(f"{prefix}cpu_idle_pct_after {after['cpu_idle_pct']:.1f}")
+
+
+def idle_again(before: dict, after: dict) -> bool:
+    """No run left burning CPU: idle use back near what it was (a training thread takes 50-200% of a core)."""
+    return after["cpu_idle_pct"] <= before["cpu_idle_pct"] + IDLE_SLACK_PCT
+
+
+# the corpus
+
+
+def run_broken(url: str) -> list[tuple[str, bool]]:
+    """Every file of the broken-input corpus through the API: each must get a clear message, none a crash."""
+    from gradio_client import Client
+
+    from tests.corpus.make_corpus import BROKEN_IMAGES, PICKLE_MARKER, make_corpus
 
     folder = Path(tempfile.mkdtemp(prefix="apm-corpus-"))
-    corpus = make_corpus(folder)
-    client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
-    bad = 0
-    for name, path in corpus.items():
-        is_feature = path.suffix in (".npy", ".pt")
-        image = handle_file(str(corpus["plain_jpeg"] if is_feature else path))
-        features = handle_file(str(path)) if is_feature else None
-        teacher = "Your own features (.npy / .pt)" if is_feature else TEACHER
+    checks: list[tuple[str, bool]] = []
+    try:
+        corpus = make_corpus(folder)
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
         try:
-            result = client.predict(image, teacher, 11, True, features, "Dense grid", "cpu", 5, 1e-3, 0, "PCA (3 components)",
-                                    5, "", api_name="/run")
-            status = str(result[0])
-        except Exception as exc:  # noqa: BLE001
-            status = f"EXCEPTION {exc}"
-            bad += 1
-        expect_error = name in BROKEN_IMAGES or (is_feature and "good" not in name)
-        ok = ("apm-error" in status) == expect_error and not status.startswith("EXCEPTION")
-        bad += not ok
-        text = status.replace("<div class='apm-status apm-error'>", "").replace("<div class='apm-status'>", "").replace("</div>", "")
-        print(f"{'ok ' if ok else 'BAD'} {name:32s} {text[:110]}")
-    alive = client.predict(handle_file(str(ROOT / "assets/examples/face.png")), TEACHER, 11, True, None, "Dense grid",
-                           "cpu", 5, 1e-3, 0, "PCA (3 components)", 5, "", api_name="/run")
-    print(f"server still serving after the corpus: {'done' in str(alive[0])}")
-    return bad
+            for name, path in corpus.items():
+                is_feature = path.suffix in (".npy", ".pt")
+                image = str(corpus["plain_jpeg"] if is_feature else path)
+                kwargs = {"teacher": OWN, "features": str(path)} if is_feature else {}
+                t0 = time.monotonic()
+                try:
+                    result = client.predict(*run_args(image, MIN_STEPS, projection="PCA (3 components)", update_every=5,
+                                                      **kwargs), api_name="/run")
+                    status = str(result[0])
+                except Exception as exc:  # noqa: BLE001 - an exception here is a failure: the page shows nothing
+                    status = f"EXCEPTION {type(exc).__name__}: {exc}"
+                expect_error = name in BROKEN_IMAGES or (is_feature and "good" not in name)
+                is_error = "apm-error" in status
+                ok = not status.startswith("EXCEPTION") and is_error == expect_error and (is_error or "done" in status)
+                checks.append((f"corpus {name}", ok))
+                print(f"{'ok ' if ok else 'BAD'} {name:22s} {time.monotonic() - t0:5.1f} s  {plain(status)[:120]}",
+                      flush=True)
+            alive = client.predict(*run_args(str(ROOT / "assets/examples/face.png"), MIN_STEPS,
+                                             projection="PCA (3 components)"), api_name="/run")
+        finally:
+            client.close()
+        checks.append(("server still serves a good run after the corpus", "done" in str(alive[0])))
+        checks.append(("no file was unpickled (the canary marker is absent)", not (folder / PICKLE_MARKER).exists()))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return checks
+
+
+# main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=8, help="simultaneous sessions (at most 32)")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per session")
+    parser.add_argument("--steps", type=int, default=60, help=f"training steps per session (at least {MIN_STEPS})")
     parser.add_argument("--repeat", type=int, default=0, help="then this many runs one after another (at most 100)")
+    parser.add_argument("--repeat-steps", type=int, default=None, help="steps of each repeated run (default --steps)")
+    parser.add_argument("--max-queue", type=int, default=None, help="the server's queue size (APM_MAX_QUEUE; default 8)")
     parser.add_argument("--broken", action="store_true", help="send the broken-input corpus instead")
-    parser.add_argument("--url", default=None, help="an already running app (default: start one here)")
     args = parser.parse_args()
-    sessions, repeat = min(args.sessions, 32), min(args.repeat, 100)
+    sessions, repeat = max(0, min(args.sessions, 32)), max(0, min(args.repeat, 100))
+    steps = max(MIN_STEPS, args.steps)
+    repeat_steps = max(MIN_STEPS, args.repeat_steps or args.steps)
     started = time.monotonic()
+    left = lambda: TIME_LIMIT_S - (time.monotonic() - started)  # noqa: E731
 
-    proc = None
-    if args.url is None:
-        port = free_port()
-        proc = start_server(port, {})
-        url = f"http://127.0.0.1:{port}/"
-    else:
-        url = args.url
+    tmp = Path(tempfile.mkdtemp(prefix="apm-load-"))
+    env = {} if args.max_queue is None else {"APM_MAX_QUEUE": str(args.max_queue)}
+    port = free_port()
+    proc = start_server(port, tmp, env)
+    url = f"http://127.0.0.1:{port}/"
+    checks: list[tuple[str, bool]] = []
     try:
         image = str(ROOT / "assets" / "examples" / "face.png")
         if args.broken:
-            return 1 if run_broken(url) else 0
-        if proc:  # one warm-up run: loads the teacher, as a long-lived Space has
-            one_session(url, image, 5, 120)
-            time.sleep(1)
-        before = proc_status(proc.pid) if proc else {}
+            checks += run_broken(url)
+            return report(checks)
+
+        warm = one_session(url, image, MIN_STEPS, 180)  # loads the teacher and warms up, as a long-lived Space has
+        if warm.kind != "completed":
+            print(f"warm-up run failed: {warm.message}")
+            return 1
+        # the warm-up session stays until its client's heartbeat stream ends: wait for its folder to go
+        before = settle(proc, tmp, snapshot(proc, tmp)["threads"])
         results: list[Outcome] = []
-        threads = [threading.Thread(target=lambda: results.append(one_session(url, image, args.steps, 300)))
-                   for _ in range(sessions)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=max(1.0, TIME_LIMIT_S - (time.monotonic() - started)))
-        time.sleep(3)  # let the server release what the runs held
-        after = proc_status(proc.pid) if proc else {}
-        firsts = sorted(r.first_frame_s for r in results if r.first_frame_s is not None)
-        count = lambda kind: sum(r.kind == kind for r in results)  # noqa: E731
-        print(f"sessions {sessions}")
-        print(f"completed {count('completed')}")
-        print(f"queued {sum(r.queued for r in results)}")
-        print(f"rejected_with_message {count('rejected')}")
-        print(f"failed {count('failed')}")
-        if firsts:
-            p95 = firsts[min(len(firsts) - 1, int(round(0.95 * (len(firsts) - 1))))]
-            print(f"first_frame_p50_s {statistics.median(firsts):.2f}")
-            print(f"first_frame_p95_s {p95:.2f}")
-        for r in results:
-            if r.kind == "failed":
-                print(f"  failure: {r.message[:200]}")
-        if proc:
-            print(f"server_rss_mb_before {before['rss_mb']}")
-            print(f"server_rss_mb_after {after['rss_mb']}")
-            print(f"server_threads_before {before['threads']}")
-            print(f"server_threads_after {after['threads']}")
+        lock = threading.Lock()
+
+        def worker() -> None:
+            outcome = one_session(url, image, steps, min(300.0, max(10.0, left() - 60)))
+            with lock:
+                results.append(outcome)
+
+        if sessions:
+            threads = [threading.Thread(target=worker, daemon=True) for _ in range(sessions)]
+            t_load = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=max(1.0, left() - 30))
+            load_s = time.monotonic() - t_load
+            peak = snapshot(proc, tmp)  # the clients have just closed: their sessions are still there
+            after = settle(proc, tmp, before["threads"])
+            count = lambda kind: sum(r.kind == kind for r in results)  # noqa: E731
+            print(f"sessions {sessions} (steps {steps}, queue size {args.max_queue or os.environ.get('APM_MAX_QUEUE', '8')}, wall {load_s:.1f} s)")
+            print(f"completed {count('completed')}")
+            print(f"queued {sum(r.queued for r in results)}")
+            print(f"rejected_with_message {count('rejected')}")
+            print(f"failed {count('failed') + (sessions - len(results))}")
+            print_times("first_frame", [r.first_frame_s for r in results if r.first_frame_s is not None])
+            print_times("first_frame_after_start", [r.first_frame_after_start_s for r in results
+                                                    if r.first_frame_after_start_s is not None])
+            for message in sorted({r.message for r in results if r.kind == "rejected"}):
+                print(f"  rejection message: {message}")
+            for r in results:
+                if r.kind == "failed":
+                    print(f"  failure: {r.message[:200]}")
+            print(f"server_rss_mb_peak {peak['rss_mb']:.0f}")
+            print(f"server_session_folders_right_after_the_load {peak['session_folders']:.0f} (removed on unload)")
+            print_server("server_", before, after)
+            checks += [
+                ("0 failed", count("failed") == 0 and len(results) == sessions),
+                ("every session completed or got the queue-full message", count("completed") + count("rejected") == sessions),
+                (f"memory after the load within {RSS_BUDGET_MB} MB of before", after["rss_mb"] - before["rss_mb"] <= RSS_BUDGET_MB),
+                ("no threads left over after the load", after["threads"] <= before["threads"]),
+                ("no session folders left after the load", after["session_folders"] == 0),
+                ("server idle again after the load (no run left using CPU)", idle_again(before, after)),
+            ]
+
         if repeat:
-            rss0 = proc_status(proc.pid) if proc else {}
-            ok = 0
-            for _ in range(repeat):
-                if time.monotonic() - started > TIME_LIMIT_S:
+            rep0 = settle(proc, tmp, before["threads"], 5)
+            kinds: dict[str, int] = {}
+            rss_max, times, failures, trace = rep0["rss_mb"], [], [], [rep0["rss_mb"]]
+            for i in range(repeat):
+                if left() < 90:
+                    print("stopping the repeated runs early: the script's time limit is near")
                     break
-                ok += one_session(url, image, 20, 120).kind == "completed"
-            time.sleep(2)
-            rss1 = proc_status(proc.pid) if proc else {}
-            print(f"repeated_runs {repeat}")
-            print(f"repeated_completed {ok}")
-            if proc:
-                print(f"repeated_rss_mb_before {rss0['rss_mb']}")
-                print(f"repeated_rss_mb_after {rss1['rss_mb']}")
-                print(f"repeated_threads_before {rss0['threads']}")
-                print(f"repeated_threads_after {rss1['threads']}")
-        return 0 if count("failed") == 0 else 1
+                outcome = one_session(url, image, repeat_steps, 120)
+                kinds[outcome.kind] = kinds.get(outcome.kind, 0) + 1
+                times.append(outcome.total_s or 0.0)
+                if outcome.kind == "failed":
+                    failures.append(outcome.message)
+                rss = proc_status(proc.pid)["rss_mb"]
+                rss_max = max(rss_max, rss)
+                if (i + 1) % 10 == 0:
+                    trace.append(rss)
+            rep1 = settle(proc, tmp, rep0["threads"])
+            done = sum(kinds.values())
+            print(f"repeated_runs {done} (steps {repeat_steps}, one after another, each in a fresh session)")
+            print(f"repeated_completed {kinds.get('completed', 0)}")
+            print(f"repeated_rejected {kinds.get('rejected', 0)}")
+            print(f"repeated_failed {kinds.get('failed', 0)}")
+            print_times("repeated_run", times)
+            for message in failures[:5]:
+                print(f"  failure: {message[:200]}")
+            print(f"repeated_rss_mb_max {rss_max:.0f}")
+            print(f"repeated_rss_mb_every_10_runs {' '.join(f'{v:.0f}' for v in trace)}")
+            print_server("repeated_", rep0, rep1)
+            checks += [
+                ("repeated: every run completed", kinds.get("completed", 0) == repeat),
+                (f"repeated: memory stays within {RSS_BUDGET_MB} MB", max(rss_max, rep1["rss_mb"]) - rep0["rss_mb"] <= RSS_BUDGET_MB),
+                ("repeated: no threads left over", rep1["threads"] <= rep0["threads"]),
+                ("repeated: session folders cleaned up", rep1["session_folders"] == 0),
+                ("repeated: server idle again afterwards", idle_again(rep0, rep1)),
+            ]
+        return report(checks)
     finally:
-        if proc:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_server(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if checks and all(ok for _, ok in checks):
+            proc.log_path.unlink(missing_ok=True)  # type: ignore[attr-defined]
+
+
+def report(checks: list[tuple[str, bool]]) -> int:
+    print("targets:")
+    for name, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'} {name}")
+    return 0 if checks and all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":

@@ -424,3 +424,19 @@ def test_teacher_change_updates_the_controls():
     layer, features, labels, target, *rest = H.on_teacher_change(DINO, "Global token only")
     assert features["visible"] is False and layer["interactive"] is True and target["value"] == "Global token only"
     assert layer["maximum"] == 11 and layer["value"] == 11
+
+
+def test_stop_while_queued_ends_the_run_as_it_starts():
+    request = Req("handlers-stop-queued")
+    session = H.session_for(request)
+    session.queue_run()  # the page pressed Run: the run waits in the queue...
+    H.stop(request)  # ...and Stop is pressed before it starts
+    outputs = list(H.run(example_image(), "DINOv2 ViT-S/14", 11, True, None, "Dense grid", "cpu", 20, 1e-3, 0,
+                         "PCA (3 components)", 5, "", request))
+    assert len(outputs) == 1 and "stopped before it started" in status_of(outputs[0])
+    assert session.run is None  # nothing trained
+    session.queue_run()  # pressing Run again trains as usual
+    outputs = list(H.run(example_image(), "DINOv2 ViT-S/14", 11, True, None, "Dense grid", "cpu", 10, 1e-3, 0,
+                         "PCA (3 components)", 5, "", request))
+    assert parse_status(outputs[-1])["step"] == 10 and session.run.status == "done"
+    H.unload(request)

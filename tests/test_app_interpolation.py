@@ -95,9 +95,10 @@ def test_training_streams_progress_then_the_walk(trained):
     assert "step 0 / 12" in text(first[0]) and first[4] is None and first[5] is None
     # live progress: the status counts steps; recorded steps bring the loss curves and both reconstructions
     steps = [int(m[1]) for out in live if (m := re.search(r"step (\d+) / 12", text(out[0])))]
-    assert len(steps) == len(live) >= 2 and steps == sorted(steps) and steps[-1] == STEPS
+    # (how many updates arrive depends on the machine's speed: frames are paced in time, at least the last comes)
+    assert len(steps) == len(live) >= 1 and steps == sorted(steps) and steps[-1] == STEPS
     frames = [out for out in live if is_image(out[2])]
-    assert len(frames) >= 2
+    assert len(frames) >= 1
     for out in frames:
         assert is_image(out[3]) and out[2].shape == out[3].shape
         loss = figure_dict(out[1])
