@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from apm.errors import APMError, InputError, WeightsUnavailableError
-from apm.images import downsample_rgb, image_to_tensor, load_image
+from apm.images import downsample_rgb, load_image
 from apm.io import save_gif, save_npz, write_atomic
 from apm.islands import ProjectionConfig, island_metrics, project
 from apm.teachers import create_teacher, load_feature_array, random_weights_default, teacher_islands
@@ -347,7 +347,6 @@ def run(image_path, teacher_choice, layer, random_weights, features_file, target
     record = RunRecord(
         run_id=run_id, total_steps=config.steps, grid_shape=(h, w),
         input_small=downsample_rgb(prepared.image, h, w),
-        input_image=(image_to_tensor(prepared.image, 224).permute(1, 2, 0).numpy() * 255).astype(np.uint8),
         teacher_label=prepared.teacher_label, teacher_islands=prepared.teacher_islands,
         teacher_grid=prepared.teacher_grid, folded=model.folded_state().__dict__,
         conv_filter=plots.filter_image(conv), positional=positional,

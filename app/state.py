@@ -50,7 +50,6 @@ class RunRecord:
     total_steps: int
     grid_shape: tuple[int, int]
     input_small: np.ndarray  # (h, w, 3) float32 the input at grid resolution
-    input_image: np.ndarray  # (S, S, 3) uint8 the input as the APM saw it
     teacher_label: str
     teacher_islands: np.ndarray | None  # (h, w, 3) float32
     teacher_grid: np.ndarray | None  # (h, w, d) float32
