@@ -1,11 +1,13 @@
 """`python -m apm.bench`: speed figures on this machine, one `name value` line each.
 
-    python -m apm.bench            # everything
-    python -m apm.bench --only cpu # figures whose name contains "cpu"
+    python -m apm.bench                 # everything (a few minutes at most on any x86 CPU)
+    python -m apm.bench --only training # one section: training, quality, islands
 
-Peak fractions are achieved FLOP/s of a full training step (forward and backward, counted by
-`APM.flops_per_step` as implemented) over the measured plain `torch.matmul` throughput of the precision
-in use. Figures are medians over repeats, so a stray slow step does not decide them.
+`bf16_native 1` when the CPU has native bf16 matmul (AVX512-BF16 or AMX); only then is anything timed or
+trained in bf16 (emulated bf16 on an AVX2 CPU is far slower than fp32 and would take minutes per matmul).
+Each training figure ends with `# fp32` or `# bf16`: the precision it used. Peak fractions are achieved
+FLOP/s of a full training step (forward and backward, counted by `APM.flops_per_step` as implemented) over
+the measured plain `torch.matmul` throughput of that precision. Figures are medians over repeats.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .device import cpu_has_fast_bf16, precision_name, resolve_device
 from .train import OverfitRun, TrainConfig
 
 
@@ -61,31 +64,44 @@ def step_seconds(preset: str, grid: tuple[int, int], d: int, precision: str, ste
     return statistics.median(times), run
 
 
-def training_figures(emit: Callable[[str, float], None]) -> None:
+Emit = Callable[..., None]  # emit(name, value, precision=None)
+
+
+def bf16_usable() -> bool:
+    """bf16 is timed and trained only where it is native (or on CUDA, where autocast picks it)."""
+    return resolve_device("auto").type == "cuda" or cpu_has_fast_bf16()
+
+
+def training_figures(emit: Emit) -> None:
+    emit("bf16_native", int(cpu_has_fast_bf16()))
     fp32 = matmul_gflops(torch.float32)
-    emit("matmul_gflops", fp32)
-    bf16 = matmul_gflops(torch.bfloat16)
-    emit("matmul_gflops_bf16", bf16)
+    emit("matmul_gflops", fp32, "fp32")
+    bf16 = matmul_gflops(torch.bfloat16) if bf16_usable() else None
+    if bf16 is not None:
+        emit("matmul_gflops_bf16", bf16, "bf16")
 
     for preset, grid, d, steps in (("cpu", (16, 16), 384, 60), ("paper", (32, 32), 768, 4)):
-        seconds, run = step_seconds(preset, grid, d, "auto", steps)
-        peak = bf16 if run.amp_dtype == torch.bfloat16 else fp32
+        seconds, run = step_seconds(preset, grid, d, "auto", steps)  # auto: bf16 only where native
+        precision = precision_name(run.amp_dtype)
+        peak = bf16 if run.amp_dtype == torch.bfloat16 and bf16 else fp32
         fraction = run.model.flops_per_step() / seconds / 1e9 / peak
         if preset == "cpu":
-            emit("cpu_preset_steps_per_s", 1.0 / seconds)
+            emit("cpu_preset_steps_per_s", 1.0 / seconds, precision)
         else:
-            emit("paper_preset_step_s", seconds)
-        emit(f"{preset}_preset_peak_fraction", fraction)
-        emit(f"{preset}_preset_gflops", run.model.flops_per_step() / seconds / 1e9)
-    seconds, _ = step_seconds("cpu", (16, 16), 384, "fp32", 40)
-    emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds)
+            emit("paper_preset_step_s", seconds, precision)
+        emit(f"{preset}_preset_peak_fraction", fraction, precision)
+        emit(f"{preset}_preset_gflops", run.model.flops_per_step() / seconds / 1e9, precision)
+    if bf16 is not None:  # with auto = bf16 above, the fp32 rate is the comparison
+        seconds, _ = step_seconds("cpu", (16, 16), 384, "fp32", 40)
+        emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds, "fp32")
 
 
-def quality_figures(emit: Callable[[str, float], None]) -> None:
+def quality_figures(emit: Emit) -> None:
     """bf16 autocast against fp32 on a structured target: final losses and the islands they give.
 
-    The target has 6 parts (a whole broken into regions, each a smooth field), so islands are well defined;
+    The target has 9 parts (a whole broken into regions, each a smooth field), so islands are well defined;
     `bf16_vs_fp32_islands_ari` is the adjusted Rand index between the two runs' island labels (1: identical).
+    Without native bf16 only the fp32 run is made.
     """
     from sklearn.metrics import adjusted_rand_score
 
@@ -100,25 +116,26 @@ def quality_figures(emit: Callable[[str, float], None]) -> None:
     target = (centres[parts] + 0.3 * smooth).astype(np.float32)
     image, _ = _synthetic(h, w, 3)
     final, labels = {}, {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16") if bf16_usable() else ("fp32",):
         last = list(OverfitRun(image, target, TrainConfig(steps=300, precision=precision), "cpu"))[-1]
         final[precision] = last.feat_loss
         metrics = island_metrics(last.features)
         labels[precision] = metrics.labels.ravel()
-        emit(f"cpu_preset_final_loss_{precision}", last.feat_loss)
-        emit(f"cpu_preset_islands_{precision}", metrics.n_islands)
+        emit(f"cpu_preset_final_loss_{precision}", last.feat_loss, precision)
+        emit(f"cpu_preset_islands_{precision}", metrics.n_islands, precision)
     emit("teacher_islands_true", len(np.unique(parts)))
-    emit("bf16_vs_fp32_islands_ari", adjusted_rand_score(labels["fp32"], labels["bf16"]))
+    if "bf16" in labels:
+        emit("bf16_vs_fp32_islands_ari", adjusted_rand_score(labels["fp32"], labels["bf16"]))
 
 
-def islands_figures(emit: Callable[[str, float], None]) -> None:
+def islands_figures(emit: Emit) -> None:
     from .islands_bench import islands_figures as figures
 
     for name, value in figures().items():
         emit(name, value)
 
 
-SECTIONS: dict[str, Callable[[Callable[[str, float], None]], None]] = {
+SECTIONS: dict[str, Callable[[Emit], None]] = {
     "training": training_figures,
     "quality": quality_figures,
     "islands": islands_figures,
@@ -133,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    def emit(name: str, value: float) -> None:
-        print(f"{name} {value:.4g}", flush=True)
+    def emit(name: str, value: float, precision: str | None = None) -> None:
+        print(f"{name} {value:.4g}" + (f"  # {precision}" if precision else ""), flush=True)
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     for name, section in SECTIONS.items():

@@ -134,25 +134,36 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
 
 
-def _run_training(run, desc: str) -> tuple[list, bool]:
-    """Iterate a run with a progress bar; Ctrl-C stops it and keeps what was recorded."""
-    snapshots, interrupted = [], False
+def _run_training(run, desc: str):
+    """Train through the live-run engine with a progress bar; Ctrl-C stops it and keeps what was recorded.
+
+    Returns (the finished `LiveRun`, interrupted)."""
+    from .live import LiveRun
+
+    live = LiveRun(run).start()
     bar = _progress(run.config.steps, desc)
-    stream = iter(run)
+    interrupted, shown, seen = False, 0, 0
     try:
-        for snap in stream:
-            snapshots.append(snap)
-            bar.update(1)
-            if snap.step == 1 or snap.step % 10 == 0 or snap.done:
-                bar.set_postfix(feat=f"{snap.feat_loss:.2e}", rgb=f"{snap.rgb_loss:.2e}")
+        while True:
+            _, seen = live.wait(seen, timeout=0.2)
+            n = live.steps_done
+            if n > shown:
+                bar.update(n - shown)
+                shown = n
+                bar.set_postfix(feat=f"{live.history.feat_loss[n - 1]:.2e}", rgb=f"{live.history.rgb_loss[n - 1]:.2e}")
+            if live.finished:
+                break
     except KeyboardInterrupt:
         interrupted = True
-        stream.close()
+        live.stop()
     finally:
+        live.join()
         bar.close()
-    if not snapshots:
+    if live.error is not None:
+        raise live.error
+    if not live.steps_done or live.latest is None:
         raise APMError("interrupted before the first step finished; nothing to write")
-    return snapshots, interrupted
+    return live, interrupted or live.stop_reason == "stopped"
 
 
 def cmd_overfit(args: argparse.Namespace) -> int:
@@ -177,49 +188,57 @@ def cmd_overfit(args: argparse.Namespace) -> int:
         target_info = {"source": "teacher", "kind": kind, **asdict(output.info)}
     config = _train_config(args)
     run = OverfitRun(image, target, config, args.preset)
-    snapshots, interrupted = _run_training(run, "overfit")
+    live, interrupted = _run_training(run, "overfit")
     out = Path(args.out)
-    write_run(out, run, snapshots, target_info, interrupted)
-    last = snapshots[-1]
+    write_run(out, live, target_info, interrupted)
     state = "interrupted" if interrupted else "done"
-    print(f"{state}: {last.step} steps, feature loss {last.feat_loss:.3e}, wrote {out / 'run.npz'} and {out / 'summary.json'}")
+    print(f"{state}: {live.steps_done} steps, feature loss {live.history.feat_loss[-1]:.3e}, "
+          f"wrote {out / 'run.npz'} and {out / 'summary.json'}")
     return EXIT_INTERRUPTED if interrupted else 0
 
 
-def write_run(out: Path, run, snapshots: Sequence, target_info: dict, interrupted: bool = False) -> None:
-    """run.npz (recorded snapshots plus every step's losses) and summary.json."""
-    recorded = [s for s in snapshots if s.recorded]
+def write_run(out: Path, live, target_info: dict, interrupted: bool = False, recipe: dict | None = None) -> None:
+    """run.npz (recorded snapshots plus every step's losses) and summary.json (everything needed to rerun it)."""
+    from .io import environment_record
+
+    run, recorded, curve = live.run, live.snapshots, live.history.arrays()
     arrays = {
         "step": np.array([s.step for s in recorded], dtype=np.int64),  # (n,)
         "feat_loss": np.array([s.feat_loss for s in recorded], dtype=np.float32),  # (n,)
         "rgb_loss": np.array([s.rgb_loss for s in recorded], dtype=np.float32),  # (n,)
-        "features": np.stack([s.features for s in recorded]) if recorded else np.zeros((0,)),  # (n, h, w, d)
-        "rgb": np.stack([s.rgb for s in recorded]) if recorded else np.zeros((0,)),  # (n, h, w, 3)
-        "curve_step": np.array([s.step for s in snapshots], dtype=np.int64),  # every step
-        "curve_feat_loss": np.array([s.feat_loss for s in snapshots], dtype=np.float32),
-        "curve_rgb_loss": np.array([s.rgb_loss for s in snapshots], dtype=np.float32),
+        "features": np.stack([s.features for s in recorded]),  # (n, h, w, d)
+        "rgb": np.stack([s.rgb for s in recorded]),  # (n, h, w, 3)
+        "trigger_column": np.stack([s.trigger_column for s in recorded]),  # (n, column_dim)
+        "curve_step": curve["step"],  # every step
+        "curve_feat_loss": curve["feat_loss"].astype(np.float32),
+        "curve_rgb_loss": curve["rgb_loss"].astype(np.float32),
+        "curve_lr": curve["lr"].astype(np.float32),
     }
-    if recorded and recorded[-1].global_vector is not None:
+    if recorded[-1].global_vector is not None:
         arrays["global_vector"] = np.stack([s.global_vector for s in recorded])
+        arrays["curve_global_loss"] = curve["global_loss"].astype(np.float32)
     save_npz(out / "run.npz", **arrays)
-    last = snapshots[-1]
-    elapsed = max(last.elapsed_s, 1e-9)
+    last_step, elapsed = int(curve["step"][-1]), max(float(curve["elapsed_s"][-1]), 1e-9)
     folded = run.model.folded_state()
     summary = {
+        "recipe": recipe,
         "config": {"train": asdict(run.config), "model": asdict(run.model_config)},
         "target": target_info,
-        "steps_done": last.step,
-        "stop_reason": "interrupted" if interrupted else last.stop_reason,
-        "steps_per_second": last.step / elapsed,
-        "elapsed_s": last.elapsed_s,
-        "final_feat_loss": last.feat_loss,
-        "final_rgb_loss": last.rgb_loss,
-        "final_global_loss": last.global_loss,
+        "seed": run.config.seed,
+        "steps_done": last_step,
+        "stop_reason": "interrupted" if interrupted else live.stop_reason,
+        "steps_per_second": last_step / elapsed,
+        "elapsed_s": elapsed,
+        "final_feat_loss": float(curve["feat_loss"][-1]),
+        "first_feat_loss": float(curve["feat_loss"][0]),
+        "final_rgb_loss": float(curve["rgb_loss"][-1]),
+        "final_global_loss": None if np.isnan(curve["global_loss"][-1]) else float(curve["global_loss"][-1]),
         "device": str(run.device),
         "autocast": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "fp32",
         "param_count": folded.param_count,
         "param_bytes": folded.param_bytes,
-        "recorded_steps": int(len(recorded)),
+        "recorded_steps": len(recorded),
+        "environment": environment_record(),
     }
     save_json(out / "summary.json", summary)
 
@@ -255,11 +274,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         grids = [teacher.encode(im).grid for im in images]
         source = {"source": "teacher", **asdict(teacher.info)} if hasattr(teacher, "info") else {"source": "teacher"}
     run = train_pair(images, grids, _train_config(args), args.preset)
-    snapshots, interrupted = _run_training(run, "interpolate")
+    live, interrupted = _run_training(run, "interpolate")
     alphas = np.linspace(0.0, 1.0, args.frames, dtype=np.float32)
     out = Path(args.out)
     save_interpolation(out, run, alphas)
-    write_run(out, run, snapshots, source, interrupted)
+    write_run(out, live, source, interrupted)
     print(f"wrote {out / 'interpolation.npz'} and {out / 'interpolation.gif'} ({args.frames} frames)")
     return EXIT_INTERRUPTED if interrupted else 0
 

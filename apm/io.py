@@ -50,3 +50,28 @@ def save_gif(path: Path, frames: Sequence[Image.Image], duration_ms: int = 120) 
     """An animated GIF that plays forward then back, written atomically."""
     loop = list(frames) + list(frames[-2:0:-1])
     write_atomic(path, lambda tmp: loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:], duration=duration_ms, loop=0))
+
+
+def environment_record() -> dict:
+    """Versions and hardware a result came from (for summary files): python, packages, CPU bf16, CUDA."""
+    import platform
+    from importlib import metadata
+
+    from .device import cpu_has_fast_bf16
+
+    packages = {}
+    for name in ("torch", "torchvision", "timm", "open_clip_torch", "numpy", "scikit-learn", "openTSNE", "pillow"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "cpu_bf16_native": cpu_has_fast_bf16(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

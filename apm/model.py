@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -81,6 +82,10 @@ class ModelConfig:
     activation: str = "relu"  # relu | gelu | silu | tanh
     global_dim: int | None = None  # length of the global (CLS) target; None: no global head
     global_heads: int = 4  # attention heads of the global head (reduced until it divides feature_dim)
+    global_head: str = "attention"  # "attention": LayerNorm, pooling, projection; "paper": the pooling output itself
+    init: str = "torch"  # "torch": PyTorch's defaults; "normal": every parameter N(0, 0.01), as the official TTT
+    rgb_output: str = "sigmoid"  # colour head output: "sigmoid" in [0, 1], or "relu" (the official checkpoint's)
+    input_scaling: str = "imagenet"  # "imagenet": (x - mean) / std; "minmax": whole image to [0, 1] (official)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -102,6 +107,22 @@ class ModelConfig:
             raise ValueError(f"invalid model config: {self}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, not {self.activation!r}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.global_head == "paper" and self.global_dim not in (None, self.feature_dim):
+            raise ValueError(
+                f"the paper's pooling head predicts the global vector in the feature space: global_dim "
+                f"{self.global_dim} must equal feature_dim {self.feature_dim}"
+            )
+
+
+_CHOICES = {
+    "global_head": ("attention", "paper"),
+    "init": ("torch", "normal"),
+    "rgb_output": ("sigmoid", "relu"),
+    "input_scaling": ("imagenet", "minmax"),
+}
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
@@ -156,29 +177,39 @@ class Column(nn.Module):
     MEAN = (0.485, 0.456, 0.406)
     STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, patch_size: int, channels: int):
+    def __init__(self, patch_size: int, channels: int, scaling: str = "imagenet"):
         super().__init__()
+        self.scaling = scaling
         self.conv = nn.Conv2d(3, channels, kernel_size=patch_size, stride=patch_size)
         self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
 
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> what the filter sees."""
+        if self.scaling == "minmax":  # each image's darkest value to 0, brightest to 1, over all channels
+            lo = images.amin(dim=(1, 2, 3), keepdim=True)
+            hi = images.amax(dim=(1, 2, 3), keepdim=True)
+            return (images - lo) / (hi - lo).clamp_min(1e-12)
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std  # (B, 3, H, W)
-        return self.conv(x).flatten(1)  # (B, C, h, w) -> (B, C * h * w)
+        return self.conv(self.scale(images)).flatten(1)  # (B, C, h, w) -> (B, C * h * w)
 
 
 class GlobalHead(nn.Module):
     """One learned query attending over the unfolded feature grid (plus an output positional encoding)."""
 
-    def __init__(self, grid: tuple[int, int], feature_dim: int, global_dim: int, heads: int):
+    def __init__(self, grid: tuple[int, int], feature_dim: int, global_dim: int, heads: int, kind: str = "attention"):
         super().__init__()
         while feature_dim % heads:
             heads -= 1
+        self.kind = kind
         self.query = nn.Parameter(torch.randn(1, 1, feature_dim) * 0.02)
         self.register_buffer("pos", sincos_2d(grid[0], grid[1], feature_dim), persistent=False)
-        self.norm = nn.LayerNorm(feature_dim)
         self.attn = nn.MultiheadAttention(feature_dim, heads, batch_first=True)
-        self.proj = nn.Linear(feature_dim, global_dim)
+        # "paper": one learned query attends over [features + a fixed sin-cos code]; its output is the prediction
+        self.norm = nn.LayerNorm(feature_dim) if kind == "attention" else nn.Identity()
+        self.proj = nn.Linear(feature_dim, global_dim) if kind == "attention" else nn.Identity()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         B = features.shape[0]
@@ -190,8 +221,9 @@ class GlobalHead(nn.Module):
 @dataclass(frozen=True)
 class APMOutput:
     features: torch.Tensor  # (B, h, w, d)
-    rgb: torch.Tensor  # (B, h, w, 3) in [0, 1]
+    rgb: torch.Tensor  # (B, h, w, 3) in [0, 1] (sigmoid output)
     global_vector: torch.Tensor | None  # (B, global_dim)
+    column: torch.Tensor  # (B, column_dim): the trigger columns the grid was decoded from
 
 
 @dataclass(frozen=True)
@@ -209,7 +241,7 @@ class APM(nn.Module):
         config.validate()
         self.config = config
         h, w = config.grid
-        self.column = Column(config.patch_size, config.column_channels)
+        self.column = Column(config.patch_size, config.column_channels, config.input_scaling)
         self.register_buffer("pos", sincos_2d(h, w, config.pos_dim), persistent=False)  # (h*w, pos_dim)
         widths = [config.query_dim, *config.hidden]
         # the first layers see [column, position] and [feature, column, position]: one Linear per input block
@@ -226,10 +258,14 @@ class APM(nn.Module):
         _init_as_one_linear(self.rgb_in_column, self.rgb_in_feature, self.rgb_in_position)
         self.rgb_mlp = _mlp([*config.rgb_hidden, 3], config.activation, last_activation=False)
         self.global_head = (
-            GlobalHead(config.grid, config.feature_dim, config.global_dim, config.global_heads)
+            GlobalHead(config.grid, config.feature_dim, config.global_dim, config.global_heads, config.global_head)
             if config.global_dim
             else None
         )
+        if config.init == "normal":  # the official test-time training draws every parameter from N(0, 0.01)
+            with torch.no_grad():
+                for param in self.parameters():
+                    param.normal_(0.0, 0.01)
 
     # folded -> unfolded
 
@@ -271,7 +307,8 @@ class APM(nn.Module):
         rgb_col = self.rgb_in_column(column)  # (B, R0)
         rgb_pos = self.rgb_in_position(pos)  # (n, R0)
         rgb_hidden = self.rgb_in_feature(features) + rgb_col[:, None, :] + rgb_pos[None, :, :]  # (B, n, R0)
-        rgb = torch.sigmoid(self.rgb_mlp(self.act(rgb_hidden)))  # (B, n, 3)
+        rgb = self.rgb_mlp(self.act(rgb_hidden))  # (B, n, 3)
+        rgb = torch.relu(rgb) if self.config.rgb_output == "relu" else torch.sigmoid(rgb)
         return features, rgb
 
     def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +327,7 @@ class APM(nn.Module):
         features, rgb = self.query(column)  # (B, h*w, d), (B, h*w, 3)
         global_vector = self.global_head(features) if self.global_head is not None else None
         B = images.shape[0]
-        return APMOutput(features.reshape(B, h, w, -1), rgb.reshape(B, h, w, 3), global_vector)
+        return APMOutput(features.reshape(B, h, w, -1), rgb.reshape(B, h, w, 3), global_vector, column)
 
     @torch.no_grad()
     def decode(
@@ -305,6 +342,16 @@ class APM(nn.Module):
         return torch.cat([f for f, _ in parts], dim=1), torch.cat([c for _, c in parts], dim=1)
 
     # introspection
+
+    @torch.no_grad()
+    def positional_code(self) -> np.ndarray:
+        """The positional half of the unfolded queries: (h*w, pos_dim) float32, row-major over (i, j)."""
+        return self.pos.float().cpu().numpy().copy()
+
+    @torch.no_grad()
+    def conv_filter(self) -> np.ndarray:
+        """The conv filter's weights: (C, 3, p, p) float32 (what squeezes the image into the trigger column)."""
+        return self.column.conv.weight.detach().float().cpu().numpy().copy()
 
     def folded_state(self) -> FoldedState:
         """Parameter count and bytes of the folded APM, by part."""

@@ -7,7 +7,6 @@ no I/O, no global state: the CLI, the app and the tests all consume this same st
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .device import autocast_dtype, resolve_device
 from .errors import InputError
 from .images import downsample_rgb, image_to_tensor
 from .model import APM, ModelConfig, model_config_for
@@ -37,6 +37,8 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 autocast where the hardware has it), "bf16" or "fp32"
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", ...
     normalize_target: bool = True  # divide the target by its RMS so losses read as relative errors
+    lr_decay_every: int | None = None  # multiply the lr by `lr_decay` every this many steps (None: constant lr)
+    lr_decay: float = 0.1  # the step decay's factor (the official test-time training: x0.1 every 200 steps)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -49,6 +51,14 @@ class TrainConfig:
             raise InputError(f"loss must be 'mse' or 'cosine', got {self.loss!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        if not (self.rgb_weight >= 0 and math.isfinite(self.rgb_weight)):
+            raise InputError(f"the RGB loss weight must be a number >= 0, got {self.rgb_weight}")
+        if not (self.global_weight >= 0 and math.isfinite(self.global_weight)):
+            raise InputError(f"the global loss weight must be a number >= 0, got {self.global_weight}")
+        if self.lr_decay_every is not None and self.lr_decay_every < 1:
+            raise InputError(f"lr_decay_every must be at least 1 step, got {self.lr_decay_every}")
+        if not 0 < self.lr_decay <= 1:
+            raise InputError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -88,6 +98,8 @@ class Snapshot:
     features: np.ndarray | None = None  # (h, w, d), (B, h, w, d) for a batch; on recorded steps
     rgb: np.ndarray | None = None  # (h, w, 3) in [0, 1], (B, h, w, 3) for a batch; on recorded steps
     global_vector: np.ndarray | None = None  # (d_g,) or (B, d_g); on recorded steps with a global head
+    trigger_column: np.ndarray | None = None  # (column_dim,) or (B, column_dim); on recorded steps
+    conv_filter: np.ndarray | None = None  # (C, 3, p, p): the conv filter's weights; on recorded steps
     done: bool = False  # the last snapshot of the run
     stop_reason: str | None = None  # on the last: "steps", "target_loss" or "time_budget"
 
@@ -97,34 +109,6 @@ class Snapshot:
 
 
 # helpers
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device (None: plain fp32)."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and (precision == "bf16" or cpu_has_fast_bf16()):
-        return torch.bfloat16
-    return None
 
 
 def _as_images(images: Image.Image | Sequence[Image.Image]) -> tuple[list[Image.Image], bool]:
@@ -222,6 +206,11 @@ class OverfitRun:
             self.model = APM(self.model_config).to(self.device)
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=fused)
+        self.scheduler = (
+            torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_every, gamma=config.lr_decay)
+            if config.lr_decay_every
+            else None
+        )
         self.steps_done = 0
 
     def __iter__(self) -> Iterator[Snapshot]:
@@ -245,12 +234,15 @@ class OverfitRun:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return total, losses, out
 
     def _train(self) -> Iterator[Snapshot]:
         cfg = self.config
         start = time.perf_counter()
         for step in range(self.steps_done + 1, cfg.steps + 1):
+            lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
             total, losses, out = self._step()
             losses = {k: float(v.detach()) for k, v in losses.items()}
             self.steps_done = step
@@ -272,7 +264,7 @@ class OverfitRun:
                 rgb_loss=losses["rgb"],
                 global_loss=losses.get("global"),
                 loss=float(total.detach()),
-                lr=self.optimizer.param_groups[0]["lr"],
+                lr=lr,
                 elapsed_s=elapsed,
                 done=stop_reason is not None,
                 stop_reason=stop_reason,
@@ -285,11 +277,12 @@ class OverfitRun:
         """The recorded arrays of a forward pass, in the target's own units, as float32 numpy."""
         features = out.features.detach().float().cpu().numpy() * self.grid_scale  # (B, h, w, d)
         rgb = out.rgb.detach().float().cpu().numpy()  # (B, h, w, 3)
-        arrays = {"features": features, "rgb": rgb}
+        arrays = {"features": features, "rgb": rgb, "trigger_column": out.column.detach().float().cpu().numpy()}
         if out.global_vector is not None:
             arrays["global_vector"] = out.global_vector.detach().float().cpu().numpy() * self.global_scale
         if self.single:
             arrays = {k: v[0] for k, v in arrays.items()}
+        arrays["conv_filter"] = self.model.conv_filter()  # after this step's update: the filter as it is now
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
 
     # decoding after (or during) training

@@ -25,7 +25,8 @@ from apm.errors import APMError, InputError, WeightsUnavailableError
 from apm.images import downsample_rgb, load_image
 from apm.io import save_gif, save_npz, write_atomic
 from apm.islands import ProjectionConfig, island_metrics, project
-from apm.teachers import create_teacher, load_feature_array, random_weights_default, teacher_islands
+from apm.islands import pca_colours as teacher_islands
+from apm.teachers import create_teacher, load_feature_array, random_weights_default
 from apm.train import OverfitRun, Target, train_config_for
 
 from . import plots

@@ -4,7 +4,6 @@ determinism, the output cache, offline errors, loading from a filled cache, brin
 from __future__ import annotations
 
 import io
-import sys
 import threading
 import time
 
@@ -24,11 +23,10 @@ from apm.teachers import (
     list_teachers,
     load_feature_array,
     random_weights_default,
-    teacher_islands,
+    teacher_spec,
 )
 from apm.teachers import weights as weights_mod
 from apm.teachers.base import clear_model_cache
-from apm.teachers.islands import _pca_rgb
 from apm.teachers.mvit import derive_layer_shapes
 
 # fixtures: one model per teacher per module, the output cache in a temporary folder
@@ -125,7 +123,7 @@ def test_dinov2_grid_per_layer(dino, image):
         assert (info.feature_dim, info.global_dim, info.random_weights) == (384, 384, True)
         assert info.model_id == "vit_small_patch14_dinov2.lvd142m"
         assert info.label == f"DINOv2 ViT-S/14 · layer {layer} · untrained (random weights)"
-        assert teacher.layer_grid_shape(layer) == (16, 16)
+        assert teacher.info_for(layer).grid_shape == (16, 16) and info.id == "dinov2:vit_small_patch14_dinov2.lvd142m"
     pre = dino.preprocess  # from timm's pretrained config, except the size
     assert pre.size == 224 and pre.interpolation == "bicubic"
     assert pre.mean == pytest.approx((0.485, 0.456, 0.406)) and pre.std == pytest.approx((0.229, 0.224, 0.225))
@@ -204,7 +202,8 @@ def test_mvit_layer_table(mvit):
     expected = {0: (56, 56, 96), 1: (28, 28, 192), 2: (28, 28, 192), 14: (7, 7, 768), 15: (7, 7, 768)}
     expected.update({k: (14, 14, 384) for k in range(3, 14)})
     for layer, (h, w, c) in expected.items():
-        assert mvit.layer_grid_shape(layer) == (h, w) and mvit.layer_feature_dim(layer) == c
+        info = mvit.info_for(layer)
+        assert info.grid_shape == (h, w) and info.feature_dim == c
     assert derive_layer_shapes(mvit.model) == mvit.layer_shapes()  # the static table is the network's
     pre = mvit.preprocess  # torchvision's Kinetics preset
     assert pre.size == 224 and pre.mean == pytest.approx((0.45,) * 3) and pre.std == pytest.approx((0.225,) * 3)
@@ -339,7 +338,7 @@ def test_offline_empty_cache_error(name, monkeypatch, tmp_path):
 def test_unreachable_network_error(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("APM_OFFLINE", raising=False)
-    monkeypatch.setattr(weights_mod, "is_offline", lambda: False)
+    monkeypatch.setattr(weights_mod, "offline_reason", lambda: None)
     monkeypatch.setattr(weights_mod, "_host_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(WeightsUnavailableError, match="cannot reach huggingface.co"):
@@ -385,26 +384,58 @@ def test_pretrained_path_from_filled_cache(dino, image, monkeypatch, tmp_path):
     assert "python -m apm download dinov2" in _one_line_apm_error(err.value)
 
 
-# teacher islands
+# metadata without a network, every layer in one pass
 
 
-def test_teacher_islands(monkeypatch):
-    grid = np.random.default_rng(0).normal(size=(16, 16, 32)).astype(np.float32)
-    grid[:8] += 5.0  # two regions
-    rgb = teacher_islands(grid)
-    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.float32 and rgb.min() >= 0 and rgb.max() <= 1
-    monkeypatch.setitem(sys.modules, "apm.islands", None)  # apm.islands unavailable: the local PCA
-    fallback = teacher_islands(grid)
-    np.testing.assert_array_equal(fallback, _pca_rgb(grid))
-    local = _pca_rgb(grid)  # the fallback PCA
-    assert local.shape == (16, 16, 3) and local.dtype == np.float32 and 0 <= local.min() and local.max() <= 1
-    assert abs(local[:8].mean() - local[8:].mean()) > 0.2 or np.abs(local[:8, :, 0].mean() - local[8:, :, 0].mean()) > 0.2
-    np.testing.assert_array_equal(_pca_rgb(grid), local)  # deterministic
-    assert np.all(_pca_rgb(np.ones((4, 4, 2), np.float32)) == 0.5)  # no variance, fewer than 3 dims
-    with pytest.raises(InputError, match=r"\(h, w, d\)"):
-        teacher_islands(np.zeros((16, 16)))
-    with pytest.raises(InputError, match="NaN"):
-        teacher_islands(np.full((4, 4, 3), np.nan))
+def test_specs_need_no_network_and_match_the_built_networks():
+    clear_model_cache()
+    dino, clip, mvit = (create_teacher(name, random_weights=True, device="cpu") for name in ("dinov2", "clip", "mvit"))
+    for teacher_id, layers, first, last, zero_shot in [
+        ("dinov2", 12, ((16, 16), 384, 384), ((16, 16), 384, 384), False),
+        ("dinov2:large-reg4", 24, ((32, 32), 1024, 1024), ((32, 32), 1024, 1024), False),
+        ("dinov2:vit_base_patch14_dinov2.lvd142m", 12, ((16, 16), 768, 768), ((16, 16), 768, 768), False),
+        ("clip", 12, ((14, 14), 768, 512), ((14, 14), 768, 512), True),
+        ("clip:l14", 24, ((16, 16), 1024, 768), ((16, 16), 1024, 768), True),
+        ("mvit", 16, ((56, 56), 96, 96), ((7, 7), 768, 768), False),
+    ]:
+        spec = teacher_spec(teacher_id)
+        assert spec.num_layers == layers and spec.default_layer == layers - 1
+        assert (spec.layers[0].grid, spec.layers[0].feature_dim, spec.layers[0].global_dim) == first
+        assert (spec.layers[-1].grid, spec.layers[-1].feature_dim, spec.layers[-1].global_dim) == last
+        assert spec.supports_zero_shot is zero_shot and spec.gflops > 0
+        assert spec.id.startswith(teacher_id.split(":")[0] + ":")
+    assert teacher_spec("dinov2:paper").image_size == 448 and teacher_spec("dinov2", image_size=448).layers[0].grid == (32, 32)
+    assert not any(t.loaded for t in (dino, clip, mvit))  # nothing above built a network
+    # the static tables are what the networks give: checked in `_verify` when they load
+    for teacher in (dino, clip, mvit):
+        assert teacher.load().loaded
+    with pytest.raises(InputError, match="names a variant already"):
+        create_teacher("dinov2:base", variant="small", random_weights=True)
+    assert create_teacher("dinov2:base", variant="base", random_weights=True).info.feature_dim == 768
+
+
+@pytest.mark.parametrize("teacher_id", ["dinov2", "clip", "mvit"])
+def test_every_layer_from_one_forward_pass(teacher_id, image):
+    teacher = create_teacher(teacher_id, random_weights=True, device="cpu")
+    outs = teacher.encode_layers(image, use_cache=False)
+    assert teacher.forward_passes == 1 and len(outs) == teacher.num_layers
+    for k, out in enumerate(outs):
+        assert out.info.layer == k and out.grid.shape == (*out.info.grid_shape, out.info.feature_dim)
+    for k in (0, teacher.num_layers // 2, teacher.num_layers - 1):  # the same as reading one layer
+        single = create_teacher(teacher_id, layer=k, random_weights=True, device="cpu").encode(image, use_cache=False)
+        np.testing.assert_allclose(outs[k].grid, single.grid, atol=1e-5)
+        np.testing.assert_allclose(outs[k].global_vector, single.global_vector, atol=1e-5)
+    OUTPUT_CACHE.clear()
+    cached = create_teacher(teacher_id, random_weights=True, device="cpu")
+    cached.encode_layers(image, [0, 2])  # fills the cache for those layers
+    again = create_teacher(teacher_id, layer=2, random_weights=True, device="cpu")
+    again.encode(image)
+    assert cached.forward_passes == 1 and again.forward_passes == 0  # a cache hit
+
+
+def test_teachers_without_a_text_tower_say_so(dino):
+    with pytest.raises(InputError, match="cannot score text labels"):
+        dino.zero_shot(np.ones(384, np.float32), ["cat"])
 
 
 # bring your own features

@@ -1,35 +1,33 @@
 """Teachers: frozen vision networks whose per-patch features (one layer = one GLOM level) are the APM's target.
 
-    from apm.teachers import create_teacher
-    teacher = create_teacher("dinov2", layer=11)          # or "clip", "mvit"; random_weights=True offline
+    from apm.teachers import create_teacher, teacher_spec
+    teacher_spec("dinov2").num_layers                     # 12: metadata without weights or a network
+    teacher = create_teacher("dinov2", layer=11)          # or "clip", "mvit", "dinov2:large-reg4"; random_weights=True offline
     out = teacher.encode(image)                           # out.grid (16, 16, 384), out.global_vector (384,)
+    levels = teacher.encode_layers(image)                 # every layer, one forward pass
     print(out.info.label)                                 # 'DINOv2 ViT-S/14 · layer 11'
 
 Backends (one adapter file each): DINOv2 through timm (`dinov2.py`), CLIP through open_clip (`clip.py`),
 MViTv2-S through torchvision's video models (`mvit.py`); importing this package registers them (each
-guards its optional backend import). Environment: APM_RANDOM_WEIGHTS=1 makes untrained
-teachers the default; HF_HUB_OFFLINE=1 / APM_OFFLINE=1 never touch the network; APM_CACHE_DIR moves the
-teacher-output cache; APM_TEACHER_DISK_CACHE=0 keeps it in memory only.
+guards its optional backend import). The environment variables they read are listed in `apm.env`.
 """
 
-from .base import (
-    Preprocess,
-    Teacher,
-    TeacherInfo,
-    TeacherOutput,
-    clear_model_cache,
-    create_teacher,
-    list_teachers,
-    random_weights_default,
-    register_teacher,
-)
+from ..env import random_weights_default
+from .base import LayerSpec, Preprocess, Teacher, TeacherInfo, TeacherOutput, TeacherSpec, clear_model_cache
 from .cache import OUTPUT_CACHE, OutputCacheConfig
 from .clip import CLIPConfig, CLIPTeacher
 from .dinov2 import DINOv2Config, DINOv2Teacher
 from .features import FeatureLimits, load_feature_array
-from .islands import teacher_islands
 from .mvit import MViTConfig, MViTTeacher
-from .weights import download_weights
+from .registry import (
+    create_teacher,
+    download_weights,
+    list_teachers,
+    parse_teacher_id,
+    register_teacher,
+    teacher_class,
+    teacher_spec,
+)
 
 __all__ = [
     "OUTPUT_CACHE",
@@ -38,6 +36,7 @@ __all__ = [
     "DINOv2Config",
     "DINOv2Teacher",
     "FeatureLimits",
+    "LayerSpec",
     "MViTConfig",
     "MViTTeacher",
     "OutputCacheConfig",
@@ -45,12 +44,15 @@ __all__ = [
     "Teacher",
     "TeacherInfo",
     "TeacherOutput",
+    "TeacherSpec",
     "clear_model_cache",
     "create_teacher",
     "download_weights",
     "list_teachers",
     "load_feature_array",
+    "parse_teacher_id",
     "random_weights_default",
     "register_teacher",
-    "teacher_islands",
+    "teacher_class",
+    "teacher_spec",
 ]

@@ -1,22 +1,23 @@
 """Cache of teacher outputs, keyed by (image content hash, teacher, layer, config).
 
-Two tiers: an in-memory LRU (per process) and, unless disabled, `.npz` files on disk so that re-running the
-CLI on the same image does not recompute the teacher. The disk folder is `$APM_CACHE_DIR/teachers`
-(default `~/.cache/apm/teachers`); `APM_TEACHER_DISK_CACHE=0` turns the disk tier off. Disk files are read
+Two tiers: an in-memory LRU bounded in bytes (per process) and, unless disabled, `.npz` files on disk so that
+re-running the CLI on the same image does not recompute the teacher. The disk folder is
+`apm.env.cache_root() / "teachers"`; `APM_TEACHER_DISK_CACHE=0` turns the disk tier off. Disk files are read
 with `allow_pickle=False` and any unreadable file is ignored (the output is recomputed and rewritten).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..env import cache_root, teacher_disk_cache_enabled
+from ..io import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -25,21 +26,11 @@ logger = logging.getLogger(__name__)
 class OutputCacheConfig:
     """Sizes and switches of the teacher-output cache."""
 
-    memory_items: int = 64  # outputs kept in memory per process (least recently used dropped first)
+    memory_bytes: int = 256 * 2**20  # outputs kept in memory per process (least recently used dropped first)
     disk: bool = True  # also keep outputs on disk (overridden off by APM_TEACHER_DISK_CACHE=0)
 
 
-def cache_root() -> Path:
-    """APM's cache folder: $APM_CACHE_DIR, else $XDG_CACHE_HOME/apm, else ~/.cache/apm."""
-    if os.environ.get("APM_CACHE_DIR"):
-        return Path(os.environ["APM_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "apm"
-
-
-def _disk_enabled(config: OutputCacheConfig) -> bool:
-    flag = os.environ.get("APM_TEACHER_DISK_CACHE", "").strip().lower()
-    return config.disk and flag not in ("0", "false", "no", "off")
+Pair = tuple[np.ndarray, np.ndarray]  # (grid (h, w, d), global vector (d_g,))
 
 
 class OutputCache:
@@ -47,15 +38,20 @@ class OutputCache:
 
     def __init__(self, config: OutputCacheConfig | None = None):
         self.config = config or OutputCacheConfig()
-        self._memory: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._memory: OrderedDict[str, Pair] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0  # served from memory or disk
         self.misses = 0  # not found: the caller runs the network
 
-    def _path(self, key: str) -> Path:
+    def _disk(self) -> bool:
+        return self.config.disk and teacher_disk_cache_enabled()
+
+    @staticmethod
+    def _path(key: str) -> Path:
         return cache_root() / "teachers" / f"{key}.npz"
 
-    def get(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(self, key: str) -> Pair | None:
         """(grid, global_vector) copies for `key`, or None."""
         with self._lock:
             found = self._memory.get(key)
@@ -63,7 +59,7 @@ class OutputCache:
                 self._memory.move_to_end(key)
                 self.hits += 1
                 return found[0].copy(), found[1].copy()
-        found = self._read_disk(key) if _disk_enabled(self.config) else None
+        found = self._read_disk(key) if self._disk() else None
         with self._lock:
             if found is None:
                 self.misses += 1
@@ -77,26 +73,31 @@ class OutputCache:
         pair = (np.array(grid, dtype=np.float32, copy=True), np.array(global_vector, dtype=np.float32, copy=True))
         with self._lock:
             self._remember(key, pair)
-        if _disk_enabled(self.config):
+        if self._disk():
             self._write_disk(key, pair)
 
     def clear(self, disk: bool = False) -> None:
         """Forget the in-memory entries (and, with disk=True, delete this cache's files)."""
         with self._lock:
             self._memory.clear()
+            self._bytes = 0
             self.hits = self.misses = 0
         if disk:
             folder = cache_root() / "teachers"
             for path in folder.glob("*.npz") if folder.is_dir() else []:
                 path.unlink(missing_ok=True)
 
-    def _remember(self, key: str, pair: tuple[np.ndarray, np.ndarray]) -> None:
+    def _remember(self, key: str, pair: Pair) -> None:
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._bytes -= old[0].nbytes + old[1].nbytes
         self._memory[key] = pair
-        self._memory.move_to_end(key)
-        while len(self._memory) > max(0, self.config.memory_items):
-            self._memory.popitem(last=False)
+        self._bytes += pair[0].nbytes + pair[1].nbytes
+        while self._bytes > max(0, self.config.memory_bytes) and len(self._memory) > 1:
+            _, (grid, glob) = self._memory.popitem(last=False)
+            self._bytes -= grid.nbytes + glob.nbytes
 
-    def _read_disk(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def _read_disk(self, key: str) -> Pair | None:
         path = self._path(key)
         if not path.is_file():
             return None
@@ -111,19 +112,11 @@ class OutputCache:
             logger.warning("ignoring unreadable teacher cache file %s (%s)", path, exc)
             return None
 
-    def _write_disk(self, key: str, pair: tuple[np.ndarray, np.ndarray]) -> None:
-        path = self._path(key)
-        tmp = None
+    def _write_disk(self, key: str, pair: Pair) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, grid=pair[0], global_vector=pair[1])
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
+            write_atomic(self._path(key), lambda tmp: np.savez(tmp, grid=pair[0], global_vector=pair[1]))
         except OSError as exc:
-            logger.warning("could not write teacher cache file %s (%s)", path, exc)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+            logger.warning("could not write teacher cache file %s (%s)", self._path(key), exc)
 
 
 OUTPUT_CACHE = OutputCache()  # the process-wide teacher-output cache

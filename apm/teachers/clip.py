@@ -1,10 +1,10 @@
-"""CLIP through open_clip: ViT-B/16 with OpenAI's weights by default (also B/32 and L/14).
+"""CLIP through open_clip: ViT-B/16 with OpenAI's weights by default (also B/32, and L/14 as the paper's teacher).
 
 OpenAI trained these with QuickGELU. In open_clip 3.x `('ViT-B-16', 'openai')` silently builds plain GELU,
 so the model ids here are the `-quickgelu` names (and `force_quick_gelu=True` is passed as well).
 
-Grid: the patch tokens of block k after `ln_post` (the last block through `visual.output_tokens = True`,
-earlier ones through `visual.forward_intermediates`), optionally projected into the joint image-text space.
+Grid: the patch tokens of block k after `ln_post`, from `visual.forward_intermediates` (every block in one
+pass), optionally projected into the joint image-text space.
 Global: the projected image embedding (joint space, 512-d for ViT-B). `zero_shot` scores any global vector in
 that space against user labels ("a photo of a {label}"), so the app can show CLIP's and the APM's top-5.
 """
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import APMError, InputError
-from .base import Preprocess, Teacher, register_teacher
+from .base import LayerSpec, Preprocess, Teacher, Variant, vit_gflops
+from .registry import register_teacher
 from .weights import HubWeights, weights_broken
 
 try:  # optional backend
@@ -41,7 +42,7 @@ class CLIPConfig:
     """Which CLIP and how it is read."""
 
     model_id: str = "ViT-B-16-quickgelu/openai"  # open_clip model name / pretrained tag
-    image_size: int = 224  # side of the square input in px; 224 / 16 = a 14 x 14 grid
+    image_size: int | None = None  # side of the square input in px (None: 224; / 16 = a 14 x 14 grid for B/16)
     norm: bool = True  # apply ln_post to the layer's tokens (open_clip always does for the last layer)
     project_grid: bool = False  # map grid tokens through visual.proj into the joint space (d = global_dim)
     prompt: str = "a photo of a {label}"  # zero-shot prompt template; must contain {label}
@@ -79,6 +80,15 @@ def clean_labels(labels: list[str] | tuple[str, ...] | str) -> list[str]:
     return out
 
 
+def _arch(model_id: str) -> dict:
+    """open_clip's model config: embed_dim and vision_cfg (layers, width, patch_size, image_size)."""
+    _require_open_clip()
+    cfg = open_clip.get_model_config(_split_id(model_id)[0])
+    if not cfg:
+        raise InputError(f"open_clip does not know the model '{model_id}'")
+    return cfg
+
+
 @register_teacher
 class CLIPTeacher(Teacher):
     """CLIP image tower read at one block; global = the projected image embedding (joint space)."""
@@ -86,10 +96,11 @@ class CLIPTeacher(Teacher):
     name = "clip"
     rank = 1
     Config = CLIPConfig
-    VARIANTS: ClassVar[dict[str, str]] = {
-        "ViT-B-16-quickgelu/openai": "CLIP ViT-B/16 (OpenAI)",
-        "ViT-B-32-quickgelu/openai": "CLIP ViT-B/32 (OpenAI)",
-        "ViT-L-14-quickgelu/openai": "CLIP ViT-L/14 (OpenAI)",
+    supports_zero_shot = True
+    VARIANTS: ClassVar[dict[str, Variant]] = {
+        "ViT-B-16-quickgelu/openai": Variant("CLIP ViT-B/16 (OpenAI)", 224),
+        "ViT-B-32-quickgelu/openai": Variant("CLIP ViT-B/32 (OpenAI)", 224),
+        "ViT-L-14-quickgelu/openai": Variant("CLIP ViT-L/14 (OpenAI, the paper's)", 224),
     }
     ALIASES: ClassVar[dict[str, str]] = {
         "vit-b-16": "ViT-B-16-quickgelu/openai",
@@ -98,6 +109,7 @@ class CLIPTeacher(Teacher):
         "b32": "ViT-B-32-quickgelu/openai",
         "vit-l-14": "ViT-L-14-quickgelu/openai",
         "l14": "ViT-L-14-quickgelu/openai",
+        "paper": "ViT-L-14-quickgelu/openai",
     }
 
     @classmethod
@@ -114,43 +126,48 @@ class CLIPTeacher(Teacher):
         names = (stem.replace("pytorch_", "") + ".safetensors", filename) if ext in (".bin", ".pth") else (filename,)
         return HubWeights(repo_id=repo, filenames=names)
 
+    @classmethod
+    def layer_table(cls, config: CLIPConfig) -> list[LayerSpec]:
+        cfg = _arch(config.model_id)
+        vision = cfg["vision_cfg"]
+        patch = vision["patch_size"]
+        ph, pw = (patch, patch) if isinstance(patch, int) else patch
+        size = cls.image_size_of(config)
+        width = int(cfg["embed_dim"]) if config.project_grid else int(vision["width"])
+        return [LayerSpec((size // ph, size // pw), width, int(cfg["embed_dim"]))] * int(vision["layers"])
+
+    @classmethod
+    def forward_gflops(cls, config: CLIPConfig) -> float:
+        vision = _arch(config.model_id)["vision_cfg"]
+        h, w = cls.layer_table(config)[0].grid
+        return vit_gflops(int(vision["layers"]), int(vision["width"]), h * w + 1)
+
     def _check_config(self) -> None:
-        if not 32 <= int(self.config.image_size) <= 1024:
-            raise InputError(f"CLIP image_size must be 32-1024 px, got {self.config.image_size}")
+        if not 32 <= self.spec.image_size <= 1024:
+            raise InputError(f"CLIP image_size must be 32-1024 px, got {self.spec.image_size}")
         if "{label}" not in self.config.prompt:
             raise InputError(f"the CLIP prompt must contain {{label}}, got '{self.config.prompt}'")
-
-    def _arch(self) -> dict:
-        """open_clip's model config: embed_dim and vision_cfg (layers, width, patch_size, image_size)."""
-        _require_open_clip()
-        cfg = open_clip.get_model_config(_split_id(self.model_id)[0])
-        if not cfg:
-            raise InputError(f"open_clip does not know the model '{self.model_id}'")
-        return cfg
 
     def _build(self) -> torch.nn.Module:
         _require_open_clip()
         name, _ = _split_id(self.model_id)
         kwargs = {"force_quick_gelu": True}
-        native = self._arch()["vision_cfg"].get("image_size", 224)
-        if int(self.config.image_size) != int(native):
-            kwargs["force_image_size"] = int(self.config.image_size)
+        native = _arch(self.model_id)["vision_cfg"].get("image_size", 224)
+        if self.spec.image_size != int(native):
+            kwargs["force_image_size"] = self.spec.image_size
         if self.random_weights:
-            model = open_clip.create_model(name, pretrained=None, **kwargs)
-        else:
-            path = self.weights_path
-            try:  # open_clip's own loader, pointed at the cached file
-                model = open_clip.create_model(name, pretrained=path, require_pretrained=True, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
-                raise weights_broken(self.name, self.model_id, path, exc) from None
-        model.visual.output_tokens = True  # visual(x) -> (projected pooled, patch tokens)
-        return model
+            return open_clip.create_model(name, pretrained=None, **kwargs)
+        path = self.weights_path
+        try:  # open_clip's own loader, pointed at the cached file
+            return open_clip.create_model(name, pretrained=path, require_pretrained=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
+            raise weights_broken(self.name, self.model_id, path, exc) from None
 
     def _verify(self, module: torch.nn.Module) -> None:
-        visual, cfg = module.visual, self._arch()
+        visual, cfg = module.visual, _arch(self.model_id)
         found = (len(visual.transformer.resblocks), int(visual.transformer.width), int(visual.output_dim),
                  tuple(int(g) for g in visual.grid_size))
-        table = (self.num_layers, int(cfg["vision_cfg"]["width"]), int(cfg["embed_dim"]), self.layer_grid_shape(0))
+        table = (self.num_layers, int(cfg["vision_cfg"]["width"]), int(cfg["embed_dim"]), self.spec.layers[0].grid)
         if found != table:
             raise RuntimeError(f"{self.model_id}: built (blocks, width, dim, grid) {found}, config says {table}")
 
@@ -158,43 +175,24 @@ class CLIPTeacher(Teacher):
         name, tag = _split_id(self.model_id)
         cfg = open_clip.get_pretrained_cfg(name, tag) or {}  # the weights' preprocessing, even when untrained
         return Preprocess(
-            size=int(self.config.image_size),
+            size=self.spec.image_size,
             mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
             std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
             interpolation=str(cfg.get("interpolation", "bicubic")),
         )
 
-    def _count_layers(self) -> int:
-        return int(self._arch()["vision_cfg"]["layers"])
-
-    def layer_grid_shape(self, layer: int) -> tuple[int, int]:
-        self.check_layer(layer)
-        patch = self._arch()["vision_cfg"]["patch_size"]
-        ph, pw = (patch, patch) if isinstance(patch, int) else patch
-        size = int(self.config.image_size)
-        return size // ph, size // pw
-
-    def layer_feature_dim(self, layer: int) -> int:
-        cfg = self._arch()
-        return int(cfg["embed_dim"]) if self.config.project_grid else int(cfg["vision_cfg"]["width"])
-
-    def layer_global_dim(self, layer: int) -> int:
-        return int(self._arch()["embed_dim"])
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_layers(self, x: torch.Tensor, layers: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         visual = self.model.visual
-        if self.layer == self.num_layers - 1 and self.config.norm:
-            pooled, tokens = visual(x)  # (1, D_g) projected; (1, h*w, C) after ln_post, CLS dropped
-        else:
-            out = visual.forward_intermediates(
-                x, indices=[self.layer], normalize_intermediates=self.config.norm, output_fmt="NLC"
-            )
-            tokens = out["image_intermediates"][0]  # (1, h*w, C), CLS dropped
-            pooled = out["image_features"]  # (1, D_g)
-        if self.config.project_grid and visual.proj is not None:
-            tokens = tokens @ visual.proj  # (1, h*w, D_g)
-        h, w = self.info.grid_shape
-        return tokens[0].reshape(h, w, -1), pooled[0]  # (h, w, C), (D_g,)
+        order = sorted(set(layers))
+        out = visual.forward_intermediates(x, indices=order, normalize_intermediates=self.config.norm, output_fmt="NLC")
+        pooled = out["image_features"][0]  # (D_g,): the projected image embedding, from the full pass
+        h, w = self.spec.layers[0].grid
+        by_layer = {}
+        for k, tokens in zip(order, out["image_intermediates"]):  # (1, h*w, C), CLS dropped
+            if self.config.project_grid and visual.proj is not None:
+                tokens = tokens @ visual.proj  # (1, h*w, D_g)
+            by_layer[k] = tokens[0].reshape(h, w, -1)
+        return [(by_layer[k], pooled) for k in layers]
 
     # zero-shot classification
 
@@ -233,7 +231,7 @@ class CLIPTeacher(Teacher):
     ) -> list[tuple[str, float]]:
         """Top-k (label, probability) for a global vector in CLIP's joint space (a teacher's or an APM's)."""
         vec = np.asarray(global_vector, dtype=np.float32).reshape(-1)  # (D_g,)
-        dim = self.layer_global_dim(self.layer)
+        dim = self.info.global_dim
         if vec.shape != (dim,):
             raise InputError(f"zero-shot needs a {dim}-d vector in CLIP's joint space, got shape {np.shape(global_vector)}")
         norm = float(np.linalg.norm(vec))

@@ -1,9 +1,10 @@
-"""DINOv2 through timm: ViT-S/14 (default) or ViT-B/14, with or without the four register tokens.
+"""DINOv2 through timm: ViT-S/14 (default), ViT-B/14, with or without four register tokens, and the
+paper-scale ViT-L/14 with registers at 448 px (a 32 x 32 x 1024 grid, as the APM paper's dense targets).
 
-Built with `dynamic_img_size=True`, so a 224 px input gives a 16 x 16 grid (the pretrained position
-embedding, made for 518 px, is interpolated). Layer k's tokens come from `forward_intermediates`, with the
-final LayerNorm applied (as DINOv2's own `get_intermediate_layers` does). The prefix tokens (CLS, then the
-registers) are dropped from the grid; the global vector is layer k's CLS token.
+Built with `dynamic_img_size=True`, so any multiple of 14 px works (the pretrained position embedding, made for
+518 px, is interpolated). Layer k's tokens come from `forward_intermediates`, with the final LayerNorm applied
+(as DINOv2's own `get_intermediate_layers` does). The prefix tokens (CLS, then the registers) are split off
+before the grid is formed, so registers never land in the grid; the global vector is layer k's CLS token.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import APMError, InputError
-from .base import Preprocess, Teacher, register_teacher
+from .base import LayerSpec, Preprocess, Teacher, Variant, vit_gflops
+from .registry import register_teacher
 from .weights import HubWeights, weights_broken
 
 try:  # optional backend
@@ -25,28 +27,30 @@ except ImportError:  # pragma: no cover - timm is in requirements.txt
 
 logger = logging.getLogger(__name__)
 
+PATCH = 14  # DINOv2 patch side, px
+
 
 @dataclass(frozen=True)
 class DINOv2Config:
     """Which DINOv2 and how it is read."""
 
     model_id: str = "vit_small_patch14_dinov2.lvd142m"  # timm model name with its pretrained tag
-    image_size: int = 224  # side of the square input in px; 224 / 14 = a 16 x 16 grid
+    image_size: int | None = None  # side of the square input in px (None: the variant's, 224 or 448)
     norm: bool = True  # apply the final LayerNorm to the chosen layer's tokens (DINOv2's own convention)
 
 
-def _require_timm() -> None:
-    if timm is None:
-        raise APMError("the DINOv2 teacher needs timm: pip install timm==1.0.31")
-
-
-PATCH = 14  # DINOv2 patch side, px
 _ARCH = {  # model id -> (blocks, width, prefix tokens); checked against the built network in `_verify`
     "vit_small_patch14_dinov2.lvd142m": (12, 384, 1),
     "vit_base_patch14_dinov2.lvd142m": (12, 768, 1),
     "vit_small_patch14_reg4_dinov2.lvd142m": (12, 384, 5),
     "vit_base_patch14_reg4_dinov2.lvd142m": (12, 768, 5),
+    "vit_large_patch14_reg4_dinov2.lvd142m": (24, 1024, 5),
 }
+
+
+def _require_timm() -> None:
+    if timm is None:
+        raise APMError("the DINOv2 teacher needs timm: pip install timm==1.0.31")
 
 
 @register_teacher
@@ -56,11 +60,12 @@ class DINOv2Teacher(Teacher):
     name = "dinov2"
     rank = 0
     Config = DINOv2Config
-    VARIANTS: ClassVar[dict[str, str]] = {
-        "vit_small_patch14_dinov2.lvd142m": "DINOv2 ViT-S/14",
-        "vit_base_patch14_dinov2.lvd142m": "DINOv2 ViT-B/14",
-        "vit_small_patch14_reg4_dinov2.lvd142m": "DINOv2 ViT-S/14 reg4",
-        "vit_base_patch14_reg4_dinov2.lvd142m": "DINOv2 ViT-B/14 reg4",
+    VARIANTS: ClassVar[dict[str, Variant]] = {
+        "vit_small_patch14_dinov2.lvd142m": Variant("DINOv2 ViT-S/14", 224),
+        "vit_base_patch14_dinov2.lvd142m": Variant("DINOv2 ViT-B/14", 224),
+        "vit_small_patch14_reg4_dinov2.lvd142m": Variant("DINOv2 ViT-S/14 reg4", 224),
+        "vit_base_patch14_reg4_dinov2.lvd142m": Variant("DINOv2 ViT-B/14 reg4", 224),
+        "vit_large_patch14_reg4_dinov2.lvd142m": Variant("DINOv2 ViT-L/14 reg4 (paper, 448 px)", 448),
     }
     ALIASES: ClassVar[dict[str, str]] = {
         "small": "vit_small_patch14_dinov2.lvd142m",
@@ -68,6 +73,8 @@ class DINOv2Teacher(Teacher):
         "reg4": "vit_small_patch14_reg4_dinov2.lvd142m",
         "small-reg4": "vit_small_patch14_reg4_dinov2.lvd142m",
         "base-reg4": "vit_base_patch14_reg4_dinov2.lvd142m",
+        "large-reg4": "vit_large_patch14_reg4_dinov2.lvd142m",
+        "paper": "vit_large_patch14_reg4_dinov2.lvd142m",
     }
 
     @classmethod
@@ -82,9 +89,26 @@ class DINOv2Teacher(Teacher):
             names = ("model.safetensors", "pytorch_model.bin")
         return HubWeights(repo_id=cfg.hf_hub_id, filenames=names)
 
+    @classmethod
+    def layer_table(cls, config: DINOv2Config) -> list[LayerSpec]:
+        depth, width, _ = _ARCH[config.model_id]
+        side = cls.image_size_of(config) // PATCH  # dynamic_img_size, no padding: partial patches dropped
+        return [LayerSpec((side, side), width, width)] * depth
+
+    @classmethod
+    def forward_gflops(cls, config: DINOv2Config) -> float:
+        depth, width, prefix = _ARCH[config.model_id]
+        side = cls.image_size_of(config) // PATCH
+        return vit_gflops(depth, width, side * side + prefix)
+
     def _check_config(self) -> None:
-        if not 28 <= int(self.config.image_size) <= 1036:
-            raise InputError(f"DINOv2 image_size must be 28-1036 px, got {self.config.image_size}")
+        if not 28 <= self.spec.image_size <= 1036:
+            raise InputError(f"DINOv2 image_size must be 28-1036 px, got {self.spec.image_size}")
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register tokens, which come first in the token sequence."""
+        return _ARCH[self.model_id][2]
 
     def _build(self) -> torch.nn.Module:
         _require_timm()
@@ -98,50 +122,35 @@ class DINOv2Teacher(Teacher):
             raise weights_broken(self.name, self.model_id, path, exc) from None
 
     def _verify(self, module: torch.nn.Module) -> None:
-        depth, dim, prefix = _ARCH[self.model_id]
         found = (len(module.blocks), int(module.embed_dim), int(module.num_prefix_tokens))
-        if found != (depth, dim, prefix) or tuple(module.patch_embed.patch_size) != (PATCH, PATCH):
+        if found != _ARCH[self.model_id] or tuple(module.patch_embed.patch_size) != (PATCH, PATCH):
             raise RuntimeError(f"{self.model_id}: built (blocks, dim, prefix) {found}, table says {_ARCH[self.model_id]}")
 
     def _make_preprocess(self) -> Preprocess:
         _require_timm()
         cfg = timm.models.get_pretrained_cfg(self.model_id).to_dict()  # timm's pretrained config
         return Preprocess(
-            size=int(self.config.image_size),
+            size=self.spec.image_size,
             mean=tuple(cfg.get("mean") or (0.485, 0.456, 0.406)),
             std=tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
             interpolation=str(cfg.get("interpolation") or "bicubic"),
         )
 
-    def _count_layers(self) -> int:
-        return _ARCH[self.model_id][0]
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        """CLS plus register tokens, which come first in the token sequence."""
-        return _ARCH[self.model_id][2]
-
-    def layer_grid_shape(self, layer: int) -> tuple[int, int]:
-        self.check_layer(layer)
-        side = int(self.config.image_size) // PATCH  # dynamic_img_size, no padding: partial patches dropped
-        return side, side
-
-    def layer_feature_dim(self, layer: int) -> int:
-        return _ARCH[self.model_id][1]
-
-    def layer_global_dim(self, layer: int) -> int:
-        return _ARCH[self.model_id][1]
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        (patches, prefix), = self.model.forward_intermediates(
+    def _forward_layers(self, x: torch.Tensor, layers: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = sorted(set(layers))
+        outputs = self.model.forward_intermediates(
             x,
-            indices=[self.layer],
+            indices=order,
             return_prefix_tokens=True,
             norm=self.config.norm,
             stop_early=True,
             output_fmt="NLC",
             intermediates_only=True,
-        )  # patches (1, h*w, C) without the prefix; prefix (1, 1 + registers, C)
-        h, w = self.info.grid_shape
-        grid = patches[0].reshape(h, w, -1)  # (h, w, C)
-        return grid, prefix[0, 0]  # CLS is the first prefix token: (C,)
+        )  # per layer: patches (1, h*w, C) without the prefix; prefix (1, 1 + registers, C)
+        by_layer = dict(zip(order, outputs))
+        h, w = self.spec.layers[0].grid
+        results = []
+        for k in layers:
+            patches, prefix = by_layer[k]
+            results.append((patches[0].reshape(h, w, -1), prefix[0, 0]))  # (h, w, C); CLS is the first prefix token
+        return results

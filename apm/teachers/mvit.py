@@ -21,7 +21,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import APMError, InputError
-from .base import Preprocess, Teacher, register_teacher
+from .base import LayerSpec, Preprocess, Teacher, Variant
+from .registry import register_teacher
 from .weights import UrlWeights, weights_broken
 
 try:  # optional backend
@@ -39,6 +40,7 @@ class MViTConfig:
     """Which MViT and how it is read."""
 
     model_id: str = "mvit_v2_s.kinetics400_v1"  # torchvision builder . weights name
+    image_size: int | None = None  # fixed by the network's position tables: 224 (None or 224 only)
     time_index: int | None = None  # which of the T' = 8 time slices is the grid; None = the middle one (T' // 2)
 
 
@@ -73,6 +75,9 @@ def _require_torchvision() -> None:
         raise APMError("the MViT teacher needs torchvision's video models: pip install torchvision==0.29.2")
 
 
+GFLOPS = 64.5  # torchvision's published figure for MViT_V2_S at 16 x 224 x 224
+
+
 @register_teacher
 class MViTTeacher(Teacher):
     """MViTv2-S (video) on a 16-frame still clip, read at one block; middle time slice."""
@@ -80,16 +85,29 @@ class MViTTeacher(Teacher):
     name = "mvit"
     rank = 2
     Config = MViTConfig
-    VARIANTS: ClassVar[dict[str, str]] = {"mvit_v2_s.kinetics400_v1": "MViTv2-S (Kinetics-400)"}
+    VARIANTS: ClassVar[dict[str, Variant]] = {
+        "mvit_v2_s.kinetics400_v1": Variant("MViTv2-S (Kinetics-400)", 224),
+    }
     ALIASES: ClassVar[dict[str, str]] = {"mvit_v2_s": "mvit_v2_s.kinetics400_v1", "s": "mvit_v2_s.kinetics400_v1"}
-
-    def _check_config(self) -> None:
-        self._time_index()  # an impossible time_index fails at creation, not at the first encode
 
     @classmethod
     def weight_source(cls, model_id: str) -> UrlWeights:
         _require_torchvision()
         return UrlWeights(url=MViT_V2_S_Weights.KINETICS400_V1.url)
+
+    @classmethod
+    def layer_table(cls, config: MViTConfig) -> list[LayerSpec]:
+        return [LayerSpec((h, w), c, c) for _, h, w, c in BLOCK_SHAPES]
+
+    @classmethod
+    def forward_gflops(cls, config: MViTConfig) -> float:
+        return GFLOPS
+
+    def _check_config(self) -> None:
+        if self.spec.image_size != 224:
+            raise InputError(f"MViTv2-S takes 224 px inputs only (its position tables are fixed), got {self.spec.image_size}")
+        for layer in range(self.num_layers):  # an impossible time_index fails at creation, not at the first encode
+            self._time_index(layer)
 
     def _build(self) -> torch.nn.Module:
         _require_torchvision()
@@ -115,48 +133,43 @@ class MViTTeacher(Teacher):
             interpolation=str(getattr(preset.interpolation, "value", preset.interpolation)),
         )
 
-    def _count_layers(self) -> int:
-        return len(BLOCK_SHAPES)
-
     def layer_shapes(self) -> list[tuple[int, int, int, int]]:
         """(T', H', W', C) of every block's output for the 16 x 224 x 224 input."""
         return list(BLOCK_SHAPES)
 
-    def _time_index(self) -> int:
-        t = BLOCK_SHAPES[self.layer][0]
+    def _time_index(self, layer: int) -> int:
+        t = BLOCK_SHAPES[layer][0]
         idx = self.config.time_index
         if idx is None:
             return t // 2
         if not -t <= int(idx) < t:
-            raise InputError(f"time_index {idx} does not exist; block {self.layer} has time slices 0-{t - 1}")
+            raise InputError(f"time_index {idx} does not exist; block {layer} has time slices 0-{t - 1}")
         return int(idx) % t
 
-    def layer_grid_shape(self, layer: int) -> tuple[int, int]:
-        _, h, w, _ = BLOCK_SHAPES[self.check_layer(layer)]
-        return h, w
-
-    def layer_feature_dim(self, layer: int) -> int:
-        return BLOCK_SHAPES[self.check_layer(layer)][3]
-
-    def layer_global_dim(self, layer: int) -> int:
-        return self.layer_feature_dim(layer)
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_layers(self, x: torch.Tensor, layers: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         video = x.unsqueeze(2).repeat(1, 1, FRAMES, 1, 1)  # (1, 3, T, S, S): the still image, T times
-        captured: dict = {}
+        wanted, last = set(layers), max(layers)
+        captured: dict[int, tuple] = {}
 
-        def capture(module, inputs, output):
-            captured["tokens"], captured["thw"] = output  # (1, 1 + T'H'W', C), (T', H', W')
-            raise _Stop
+        def capture(k: int):
+            def hook(module, inputs, output):
+                captured[k] = output  # ((1, 1 + T'H'W', C), (T', H', W'))
+                if k == last:
+                    raise _Stop
+            return hook
 
-        handle = self.model.blocks[self.layer].register_forward_hook(capture)
+        handles = [self.model.blocks[k].register_forward_hook(capture(k)) for k in sorted(wanted)]
         try:
             self.model(video)
         except _Stop:
             pass
         finally:
-            handle.remove()
-        tokens, (t, h, w) = captured["tokens"], captured["thw"]
-        cls_token = tokens[0, 0]  # (C,)
-        patches = tokens[0, 1:].reshape(t, h, w, -1)  # (T', H', W', C)
-        return patches[self._time_index()], cls_token  # (H', W', C), (C,)
+            for handle in handles:
+                handle.remove()
+        results = []
+        for k in layers:
+            tokens, (t, h, w) = captured[k]
+            cls_token = tokens[0, 0]  # (C,)
+            patches = tokens[0, 1:].reshape(t, h, w, -1)  # (T', H', W', C)
+            results.append((patches[self._time_index(k)], cls_token))  # (H', W', C), (C,)
+        return results

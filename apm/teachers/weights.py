@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..errors import APMError, InputError, WeightsUnavailableError
+from ..env import hf_cache_dir, hf_cache_variable, offline_reason, torch_cache_dir
+from ..errors import APMError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -46,56 +47,15 @@ class UrlWeights:
 WeightSource = HubWeights | UrlWeights
 
 
-# cache locations and offline mode, resolved at call time (not at import) so a changed environment counts
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
-
-
-def torch_cache_dir() -> Path:
-    """Where torchvision keeps downloaded checkpoints: $TORCH_HOME/hub/checkpoints by default."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _cache_env(source: WeightSource) -> str:
-    if isinstance(source, UrlWeights):
-        return "TORCH_HOME"
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return var
-    return "HF_HOME"
-
+# cache locations
 
 def cache_dir_for(source: WeightSource) -> Path:
     """The cache folder a weight source is stored in."""
     return torch_cache_dir() if isinstance(source, UrlWeights) else hf_cache_dir()
 
 
-def is_offline() -> bool:
-    """True when HF_HUB_OFFLINE or APM_OFFLINE is set (read now), or huggingface_hub started offline."""
-    for var in ("HF_HUB_OFFLINE", "APM_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001 - no huggingface_hub: only the variables count
-        return False
-
-
-def _offline_reason() -> str:
-    for var in ("HF_HUB_OFFLINE", "APM_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]} is set"
-    return "huggingface_hub is in offline mode"
+def _cache_env(source: WeightSource) -> str:
+    return "TORCH_HOME" if isinstance(source, UrlWeights) else hf_cache_variable()
 
 
 def _host(source: WeightSource) -> str:
@@ -165,8 +125,9 @@ def fetch_weights(source: WeightSource, *, teacher: str, model_id: str) -> str:
     if found is not None:
         logger.debug("weights for %s found in cache: %s", model_id, found)
         return found
-    if is_offline():
-        raise weights_unavailable(teacher, model_id, source, _offline_reason())
+    reason = offline_reason()
+    if reason:
+        raise weights_unavailable(teacher, model_id, source, reason)
     host = _host(source)
     if not _host_reachable(host):
         raise weights_unavailable(teacher, model_id, source, f"cannot reach {host} (no network?)")
@@ -199,38 +160,3 @@ def _download(source: WeightSource) -> str:
         except EntryNotFoundError as exc:  # the repo has another of the candidate files
             last = exc
     raise FileNotFoundError(f"none of {', '.join(source.filenames)} in {source.repo_id}") from last
-
-
-def download_weights(names: list[str] | tuple[str, ...] | None = None) -> list[str]:
-    """Fetch teachers' pretrained weights into the normal caches (`python -m apm download dinov2 clip mvit`).
-
-    Each name is a teacher ('dinov2') or teacher:variant ('dinov2:vit_base_patch14_dinov2.lvd142m',
-    'dinov2:reg4'); none means every teacher's default. Returns one message per teacher; raises
-    `WeightsUnavailableError` naming every teacher that could not be fetched (after trying them all).
-    """
-    from .base import list_teachers, resolve_variant, teacher_class
-
-    wanted = list(names) if names else list_teachers()
-    jobs = []
-    for item in wanted:  # check every name before downloading anything
-        name, _, variant = str(item).partition(":")
-        cls = teacher_class(name)
-        model_id = resolve_variant(cls, variant or None) or cls.Config().model_id
-        jobs.append((cls, model_id))
-    if not jobs:
-        raise InputError(f"nothing to download; choose from: {', '.join(list_teachers())}")
-    messages, failures = [], []
-    for cls, model_id in jobs:
-        source = cls.weight_source(model_id)
-        was_cached = cached_weights(source) is not None
-        try:
-            path = fetch_weights(source, teacher=cls.name, model_id=model_id)
-        except WeightsUnavailableError as exc:
-            failures.append(str(exc))
-            continue
-        state = "already cached" if was_cached else "downloaded"
-        messages.append(f"{cls.name}: {model_id} {state} at {path}")
-    if failures:
-        done = f" ({len(messages)} succeeded: {'; '.join(messages)})" if messages else ""
-        raise WeightsUnavailableError(" | ".join(failures) + done)
-    return messages

@@ -1,0 +1,67 @@
+"""Devices and precision: where tensors go, and whether bf16 is worth using on this machine.
+
+A CPU either has native bf16 matrix instructions (AVX512-BF16 or AMX: bf16 matmul about twice fp32) or it
+emulates bf16 (AVX2: far slower than fp32). `cpu_has_fast_bf16` reads the CPU's flags; nothing assumes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .errors import InputError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA if present, else Apple MPS, else CPU; anything else is checked and returned."""
+    if isinstance(device, torch.device):
+        return device
+    text = str(device).strip().lower()
+    if text in ("", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' was asked for but CUDA is not available; use auto or cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device '{device}' was asked for but MPS is not available; use auto or cpu")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None: plain fp32).
+
+    "auto" uses bf16 only where it is native: CUDA with bf16 support (else fp16), or a CPU with fast bf16.
+    "bf16" forces it (emulated, and slow, on a CPU without it).
+    """
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (precision == "bf16" or cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """'bf16', 'fp16' or 'fp32' for an autocast dtype."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")

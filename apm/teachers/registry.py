@@ -1,0 +1,131 @@
+"""The teacher registry and factory: one string names a teacher everywhere.
+
+A teacher id is `name` or `name:variant`, where the variant is a model id or one of its aliases:
+'dinov2', 'dinov2:large-reg4', 'clip:vit_l14', 'clip:ViT-L-14-quickgelu/openai', 'mvit'. The CLI's
+`--teacher`, the app's pickers and the API take the same ids; `teacher_spec(id)` describes one without
+loading anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..device import resolve_device
+from ..env import random_weights_default
+from ..errors import InputError, WeightsUnavailableError
+from .base import Teacher, TeacherSpec
+from .weights import cached_weights, fetch_weights
+
+_REGISTRY: dict[str, type[Teacher]] = {}
+
+
+def register_teacher(cls: type[Teacher]) -> type[Teacher]:
+    """Class decorator: make a `Teacher` subclass available to `create_teacher` under `cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no registry name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_teachers() -> list[str]:
+    """Registry keys of the available teachers, e.g. ['dinov2', 'clip', 'mvit']."""
+    return sorted(_REGISTRY, key=lambda key: (_REGISTRY[key].rank, key))
+
+
+def teacher_class(name: str) -> type[Teacher]:
+    """The adapter class registered as `name`, or `InputError` naming the choices."""
+    key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        raise InputError(f"unknown teacher '{name}'; choose one of: {', '.join(list_teachers())}")
+    return _REGISTRY[key]
+
+
+def resolve_variant(cls: type[Teacher], variant: str | None) -> str | None:
+    """A variant name or alias -> the model id it stands for (None keeps the default)."""
+    if variant is None or str(variant).strip() == "":
+        return None
+    text = str(variant).strip()
+    if text in cls.VARIANTS:
+        return text
+    lowered = {k.lower(): k for k in cls.VARIANTS}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    if text.lower() in cls.ALIASES:
+        return cls.ALIASES[text.lower()]
+    choices = ", ".join([*cls.ALIASES, *cls.VARIANTS])
+    raise InputError(f"unknown {cls.name} variant '{variant}'; choose one of: {choices}")
+
+
+def parse_teacher_id(teacher_id: str, variant: str | None = None) -> tuple[type[Teacher], str | None]:
+    """'name' or 'name:variant' (plus an optional separate variant) -> (adapter class, model id or None)."""
+    name, sep, inline = str(teacher_id).strip().partition(":")
+    cls = teacher_class(name)
+    if sep and variant and resolve_variant(cls, inline) != resolve_variant(cls, variant):
+        raise InputError(f"teacher '{teacher_id}' names a variant already; drop --variant {variant}")
+    return cls, resolve_variant(cls, inline if sep else variant)
+
+
+def _config(cls: type[Teacher], model_id: str | None, options: dict[str, Any]):
+    fields = getattr(cls.Config, "__dataclass_fields__", {})
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise InputError(f"unknown {cls.name} option(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+    if model_id is not None:
+        options = {**options, "model_id": model_id}
+    return cls.Config(**options)
+
+
+def teacher_spec(teacher_id: str, variant: str | None = None, **options: Any) -> TeacherSpec:
+    """What a teacher is (layers, grids, widths, zero-shot support, cost) without weights or a network."""
+    cls, model_id = parse_teacher_id(teacher_id, variant)
+    return cls.spec_for(_config(cls, model_id, options))
+
+
+def create_teacher(
+    teacher_id: str,
+    layer: int | None = None,
+    random_weights: bool | None = None,
+    device: str = "auto",
+    variant: str | None = None,
+    **options: Any,
+) -> Teacher:
+    """Build (or reuse) a teacher: `teacher_id` is 'name' or 'name:variant'; `layer` a block (default the last).
+
+    `random_weights=None` reads APM_RANDOM_WEIGHTS; `options` override fields of the adapter's config
+    dataclass (e.g. `image_size=448`). Raises `InputError` for bad choices, `WeightsUnavailableError` when
+    pretrained weights are neither cached nor downloadable.
+    """
+    cls, model_id = parse_teacher_id(teacher_id, variant)
+    if random_weights is None:
+        random_weights = random_weights_default()
+    config = _config(cls, model_id, options)
+    return cls(config, layer=layer, random_weights=bool(random_weights), device=resolve_device(device))
+
+
+def download_weights(names: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Fetch teachers' pretrained weights into the normal caches (`python -m apm download dinov2 clip:l14 mvit`).
+
+    Each name is a teacher id; none means every teacher's default variant. Returns one message per teacher;
+    raises `WeightsUnavailableError` naming every teacher that could not be fetched (after trying them all).
+    """
+    wanted = list(names) if names else list_teachers()
+    jobs = []
+    for item in wanted:  # check every name before downloading anything
+        cls, model_id = parse_teacher_id(item)
+        jobs.append((cls, model_id or cls.Config().model_id))
+    if not jobs:
+        raise InputError(f"nothing to download; choose from: {', '.join(list_teachers())}")
+    messages, failures = [], []
+    for cls, model_id in jobs:
+        source = cls.weight_source(model_id)
+        was_cached = cached_weights(source) is not None
+        try:
+            path = fetch_weights(source, teacher=cls.name, model_id=model_id)
+        except WeightsUnavailableError as exc:
+            failures.append(str(exc))
+            continue
+        messages.append(f"{cls.name}: {model_id} {'already cached' if was_cached else 'downloaded'} at {path}")
+    if failures:
+        done = f" ({len(messages)} succeeded: {'; '.join(messages)})" if messages else ""
+        raise WeightsUnavailableError(" | ".join(failures) + done)
+    return messages
