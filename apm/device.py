@@ -65,3 +65,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def precision_name(dtype: torch.dtype | None) -> str:
     """'bf16', 'fp16' or 'fp32' for an autocast dtype."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+@functools.lru_cache(maxsize=1)
+def measured_gflops() -> float:
+    """This machine's fp32 matmul rate, GFLOP/s (a 1024^3 product timed a few times; about 0.1 s, once)."""
+    import time
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best / 1e9

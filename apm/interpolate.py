@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -42,13 +42,29 @@ class PathProjection:
     images: np.ndarray  # (F, h, w, 3) islands images
 
 
-def project_path(features: np.ndarray, config: ProjectionConfig = ProjectionConfig(method="pca", dim=3)) -> PathProjection:
-    """Project the decoded grids of a walk (F, h, w, d) jointly: one fit over all F * h * w locations."""
+def project_path(
+    features: np.ndarray,
+    config: ProjectionConfig = ProjectionConfig(method="pca", dim=3),
+    centre_frames: bool = True,
+) -> PathProjection:
+    """Project the decoded grids of a walk (F, h, w, d) jointly: one fit over all F * h * w locations.
+
+    With `centre_frames`, each frame's mean feature is taken off first (after unit-normalising, for the cosine
+    metric): otherwise the walk's drift from A to B is the main direction of the fit and every location of a
+    frame gets nearly one colour. Either way one projection serves every frame, so a colour means the same
+    thing all along the walk.
+    """
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 4:
         raise InputError(f"path features must be (F, h, w, d), got shape {features.shape}")
     F, h, w, d = features.shape
-    joint = project(features.reshape(F * h, w, d), config)  # the frames stacked as one tall grid
+    y = features
+    if centre_frames:
+        if config.metric == "cosine":
+            y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), np.finfo(np.float32).tiny)
+        y = y - y.mean(axis=(1, 2), keepdims=True)  # (F, h, w, d): within-frame structure only
+        config = replace(config, metric="euclidean")
+    joint = project(y.reshape(F * h, w, d), config)  # the frames stacked as one tall grid
     embedding = np.asarray(joint.embedding).reshape(F, h * w, -1)
     colours = np.asarray(joint.colours).reshape(F, h * w, 3)
     return PathProjection(embedding, colours, colours.reshape(F, h, w, 3))

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,9 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 METHODS = ("tsne", "pca")
+INITS = ("pca", "random")
+COLOURINGS = ("aligned", "minmax")
+PERPLEXITY_RANGE = (2.0, 100.0)  # what the app's perplexity control offers
 METRICS = ("cosine", "euclidean")
 GRADIENTS = ("auto", "bh", "fft")
 FFT_MIN_POINTS_2D = 5000  # below this many points Barnes-Hut beats FFT in 2D (FFT is always used in 1D by "auto")
@@ -65,11 +68,18 @@ class ProjectionConfig:
     warm_theta: float = 1.0  # Barnes-Hut accuracy of warm updates, where speed matters more than precision
     gradient: str = "auto"  # "auto", "bh" or "fft"; auto: FFT in 1D and for >= 5000 points in 2D, else Barnes-Hut
     n_jobs: int = 1  # openTSNE threads; one is fastest for grids this small on a shared 2-core machine
-    seed: int = 0  # seed of the PCA start and its jitter; results are deterministic given it
+    seed: int = 0  # seed of the start (PCA jitter or random); results are deterministic given it
+    init: str = "pca"  # t-SNE start of a full fit: "pca" (stable) or "random" (the official scripts')
+    colouring: str = "aligned"  # "aligned": hue wheel / ramp / centred RGB; "minmax": coordinates min-max scaled
+    # straight to RGB (the official scripts; 1D gives grey)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"projection method must be one of {METHODS}, got {self.method!r}")
+        if self.init not in INITS:
+            raise InputError(f"t-SNE init must be one of {INITS}, got {self.init!r}")
+        if self.colouring not in COLOURINGS:
+            raise InputError(f"colouring must be one of {COLOURINGS}, got {self.colouring!r}")
         if self.dim not in (1, 2, 3):
             raise InputError(f"projection dim must be 1, 2 or 3, got {self.dim!r}")
         if self.metric not in METRICS:
@@ -87,6 +97,42 @@ class ProjectionConfig:
             raise InputError("exaggeration factors must be positive")
         if not (0 < self.theta <= 2 and 0 < self.warm_theta <= 2):
             raise InputError(f"theta and warm_theta must be in (0, 2], got {self.theta!r}, {self.warm_theta!r}")
+
+
+# named views: what the CLI's --projection and the app's picker offer
+PROJECTIONS: dict[str, ProjectionConfig] = {
+    "tsne2d": ProjectionConfig(method="tsne", dim=2),
+    "tsne3d": ProjectionConfig(method="tsne", dim=3),
+    "pca": ProjectionConfig(method="pca", dim=3),
+    # the official scripts' islands: 3D t-SNE, perplexity 3, random start, Euclidean, coordinates min-max to RGB
+    # (both threads and a coarser Barnes-Hut: a still of up to 56 x 56 locations in seconds, not half a minute)
+    "paper": ProjectionConfig(method="tsne", dim=3, perplexity=3.0, metric="euclidean", init="random",
+                              colouring="minmax", early_exaggeration_iters=250, full_iters=750, n_jobs=2, theta=0.7),
+    # the official test-time-training script's dumps: the same in 1D, as grey levels
+    "paper1d": ProjectionConfig(method="tsne", dim=1, perplexity=3.0, metric="euclidean", init="random",
+                                colouring="minmax", early_exaggeration_iters=250, full_iters=750, n_jobs=2),
+}
+PROJECTION_LABELS = {
+    "tsne2d": "t-SNE 2D",
+    "tsne3d": "t-SNE 3D",
+    "pca": "PCA (3 components)",
+    "paper": "Paper view: 3D t-SNE, perplexity 3, min-max RGB",
+    "paper1d": "Paper view 1D (grey)",
+}
+PERPLEXITY_NOTE = ("Island sizes and the gaps between islands in a t-SNE depend on its perplexity: compare a few "
+                   "values before reading meaning into them.")
+
+
+def projection_config(name: str = "tsne2d", **overrides) -> ProjectionConfig:
+    """A named view (`PROJECTIONS`) with some fields replaced (None values are ignored)."""
+    if name not in PROJECTIONS:
+        raise InputError(f"unknown projection {name!r}; choose one of: {', '.join(PROJECTIONS)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "perplexity" in changes:
+        lo, hi = PERPLEXITY_RANGE
+        if not lo <= float(changes["perplexity"]) <= hi:
+            raise InputError(f"perplexity must be between {lo:g} and {hi:g}, got {changes['perplexity']}")
+    return replace(PROJECTIONS[name], **changes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,8 +339,11 @@ def _tsne(
         if steps:
             embedding = embedding.optimize(steps, exaggeration=config.exaggeration, momentum=0.8, inplace=True)
     else:
-        init = initialization.rescale(_pca_scores(y, config.dim, config.seed))
-        init = initialization.jitter(init, scale=0.01, random_state=config.seed)
+        if config.init == "random":
+            init = initialization.random(n, n_components=config.dim, random_state=config.seed)
+        else:
+            init = initialization.rescale(_pca_scores(y, config.dim, config.seed))
+            init = initialization.jitter(init, scale=0.01, random_state=config.seed)
         embedding = TSNEEmbedding(init, affinities, **params)
         steps = int(config.early_exaggeration_iters) + int(config.full_iters)
         if config.early_exaggeration_iters:
@@ -372,8 +421,25 @@ def _hsv_to_rgb(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> np.ndarray
     return np.stack(channels, axis=1)
 
 
-def _colours(x: np.ndarray) -> np.ndarray:
+def minmax_colours(x: np.ndarray) -> np.ndarray:
+    """The official scripts' colouring: each coordinate min-max scaled to [0, 1] and read as RGB (n, 3).
+
+    3D coordinates are (r, g, b); 1D is grey; 2D is (r, g) with blue at one half."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    u = np.where(hi > lo, (x - lo) / span, 0.5)  # (n, k)
+    if u.shape[1] == 1:
+        u = np.repeat(u, 3, axis=1)
+    elif u.shape[1] == 2:
+        u = np.concatenate([u, np.full((len(u), 1), 0.5)], axis=1)
+    return np.clip(u, 0.0, 1.0).astype(np.float32)
+
+
+def _colours(x: np.ndarray, colouring: str = "aligned") -> np.ndarray:
     """Colours of a centred (and aligned) embedding x (n, k)."""  # (n, 3)
+    if colouring == "minmax":
+        return minmax_colours(x)
     n, k = x.shape
     radius = np.linalg.norm(x, axis=1) if k > 1 else np.abs(x[:, 0])
     scale = float(np.percentile(radius, _COLOUR_PERCENTILE)) if n else 0.0
@@ -404,6 +470,7 @@ def project(
     previous: Projection | None = None,
     *,
     full_fit: bool = False,
+    align_to: Projection | None = None,
 ) -> Projection:
     """Embed and colour a feature grid (h, w, d).
 
@@ -411,16 +478,19 @@ def project(
     is warm-started from it: affinities are recomputed for the new features and a short optimisation runs from
     the previous embedding, so the picture evolves instead of jumping. Without it, or with `full_fit=True`
     (a final or still frame), t-SNE is fitted from scratch (colours are still aligned to `previous` if given).
-    Deterministic given `config.seed`.
+    With `align_to` (another grid's projection of the same shape, e.g. the teacher's), the embedding is rotated
+    onto that one instead, so the same island gets the same colour in both pictures. Deterministic given
+    `config.seed`.
     """
     grid = _check_grid(features)
     if not isinstance(config, ProjectionConfig):
         raise InputError("config must be a ProjectionConfig")
     with _one_blas_thread():
-        return _project(grid, config, previous, full_fit)
+        return _project(grid, config, previous, full_fit, align_to)
 
 
-def _project(grid: np.ndarray, config: ProjectionConfig, previous: Projection | None, full_fit: bool) -> Projection:
+def _project(grid: np.ndarray, config: ProjectionConfig, previous: Projection | None, full_fit: bool,
+             align_to: Projection | None = None) -> Projection:
     h, w, d = grid.shape
     n = h * w
     y = _metric_space(grid.reshape(n, d), config.metric)  # (n, d)
@@ -450,8 +520,14 @@ def _project(grid: np.ndarray, config: ProjectionConfig, previous: Projection | 
             log.debug("grid of %d locations is constant or too small for t-SNE: using PCA", n)
         embedding = _pca_scores(y, config.dim, config.seed)
 
-    aligned_embedding = align_embedding(embedding, reference)  # (n, dim) float32
-    colours = _colours(aligned_embedding.astype(np.float64))  # (n, 3)
+    target = reference
+    if align_to is not None:
+        if not isinstance(align_to, Projection):
+            raise InputError("align_to must be a Projection returned by project()")
+        if tuple(align_to.grid_shape) == (h, w) and align_to.dim == config.dim:
+            target = np.asarray(align_to.embedding, dtype=np.float64)
+    aligned_embedding = align_embedding(embedding, target)  # (n, dim) float32
+    colours = _colours(aligned_embedding.astype(np.float64), config.colouring)  # (n, 3)
     return Projection(
         embedding=_readonly(aligned_embedding),
         colours=_readonly(colours),
@@ -460,7 +536,7 @@ def _project(grid: np.ndarray, config: ProjectionConfig, previous: Projection | 
         method=config.method,
         dim=config.dim,
         warm=warm,
-        aligned=reference is not None,
+        aligned=target is not None,
         n_iter=n_iter,
         perplexity=perplexity,
         kl_divergence=kl,

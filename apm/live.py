@@ -11,13 +11,29 @@ The app's tabs, the CLI's progress bar and a notebook all drive the same object:
     live.history.feat_loss                           # every step's loss
     live.stop()                                      # or Stop at any time: the thread ends after its step
 
-Rendering a frame never pauses training, and training never waits on a renderer: the thread publishes the
+Rendering a frame never pauses training, and training never waits on a renderer: the trainer publishes the
 newest recorded snapshot and moves on. Everything a panel needs comes from the snapshot (features, colours,
 trigger column, conv filter) or from `positional_code()` / `folded_state()`, never from the model mid-update.
+
+Backends. "thread" trains in a thread of this process: simplest, and right for a notebook or the CLI. "process"
+trains in a forked child process, which has its own interpreter lock: next to a busy web server (Gradio's event
+loop and a renderer hold the GIL a third of the time) a thread trains at half speed, a child at full speed. The
+child sends every step's numbers and every recorded snapshot through a pipe, and at the end the trained weights
+and optimiser state, which are loaded back into `run`, so the run is the same object afterwards either way.
+Children are forked from one helper thread that never runs torch: a process forked from a thread that has used
+OpenMP can hang in its first parallel region. "auto" picks "process" on a CPU where fork exists, else "thread"
+(CUDA cannot be forked).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -26,8 +42,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .errors import APMError
 from .model import FoldedState, ModelConfig
 from .train import OverfitRun, Snapshot
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "thread", "process")
 
 STATUSES = ("ready", "running", "done", "stopped", "failed")
 
@@ -70,7 +90,7 @@ class History:
 def thin(snapshots: list[Snapshot], keep: int) -> list[Snapshot]:
     """At most `keep` snapshots: the first and the last stay, every other one in between goes."""
     while len(snapshots) > max(2, keep):
-        snapshots = [snapshots[0], *snapshots[1:-1:2], snapshots[-1]]
+        snapshots = [snapshots[0], *snapshots[2:-1:2], snapshots[-1]]  # strictly shorter from 3 on
     return snapshots
 
 
@@ -83,7 +103,14 @@ class LiveRun:
     """
 
     def __init__(self, run: OverfitRun, *, keep: int | None = None, threads: int | None = None,
-                 idle_timeout_s: float | None = None):
+                 idle_timeout_s: float | None = None, backend: str = "thread"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if backend == "auto":
+            backend = "process" if _can_fork(run) else "thread"
+        elif backend == "process" and not _can_fork(run):
+            raise ValueError("the process backend needs fork (Linux, macOS) and a CPU run")
+        self.backend = backend
         self.run = run
         self.keep = keep
         self.threads = threads
@@ -98,7 +125,11 @@ class LiveRun:
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._last_seen = time.monotonic()
-        self._thread = threading.Thread(target=self._train, daemon=True, name="apm-live")
+        target = self._train if backend == "thread" else self._train_in_child
+        self._thread = threading.Thread(target=target, daemon=True, name="apm-live")
+        if backend == "process":
+            self._child_stop = _FORK.Event()
+            self._child_record = _FORK.Event()
 
     # control
 
@@ -113,12 +144,21 @@ class LiveRun:
     def stop(self) -> None:
         """Ask the run to stop; it ends after the step in progress (use `join` to wait for that)."""
         self._stop.set()
+        if self.backend == "process":
+            self._child_stop.set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the training thread to end; True when it has."""
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def request_snapshot(self) -> None:
+        """Record the next step whatever `record_every` says (a watcher that paces frames by time)."""
+        if self.backend == "process":
+            self._child_record.set()
+        else:
+            self.run.record_next = True
 
     def touch(self) -> None:
         """Someone is still watching (see `idle_timeout_s`)."""
@@ -214,11 +254,58 @@ class LiveRun:
             self.stop_reason = "failed"
         finally:
             stream.close()
-            with self._cond:
-                self.status = {"failed": "failed", "stopped": "stopped", "abandoned": "stopped"}.get(
-                    self.stop_reason or "stopped", "done"
-                )
-                self._cond.notify_all()  # wake every waiter: the end is news too
+            self._finish()
+
+    def _finish(self) -> None:
+        with self._cond:
+            self.status = {"failed": "failed", "stopped": "stopped", "abandoned": "stopped"}.get(
+                self.stop_reason or "stopped", "done"
+            )
+            self._cond.notify_all()  # wake every waiter: the end is news too
+
+    def _train_in_child(self) -> None:
+        """The process backend: fork a child that trains, read what it sends, load its final state back."""
+        receiver, sender = _FORK.Pipe(duplex=False)
+        _widen(receiver)
+        try:
+            child = _FORKER.start(_child_main, (self.run, sender, self._child_stop, self._child_record, self.threads))
+        except BaseException as exc:  # noqa: BLE001
+            self.error, self.stop_reason = exc, "failed"
+            self._finish()
+            return
+        sender.close()  # the child's end: EOF here means the child is gone
+        try:
+            while True:
+                if self.idle_timeout_s is not None and time.monotonic() - self._last_seen > self.idle_timeout_s:
+                    self.stop_reason = self.stop_reason or "abandoned"
+                    self._child_stop.set()
+                if not receiver.poll(0.25):
+                    if not child.is_alive() and not receiver.poll(0):
+                        raise RuntimeError(f"the training process ended unexpectedly (exit code {child.exitcode})")
+                    continue
+                message = pickle.loads(receiver.recv_bytes())
+                if message[0] == "step":
+                    snap = message[1]
+                    self.history.append(snap)
+                    if snap.recorded:
+                        self._publish(snap)
+                elif message[0] == "end":
+                    _, reason, state = message
+                    self.run.load_state(state)
+                    if self.stop_reason != "abandoned":
+                        self.stop_reason = reason
+                    break
+                else:  # ("error", type name, message, user-facing)
+                    _, name, text, user_facing = message
+                    raise APMError(text) if user_facing else RuntimeError(f"{name}: {text}")
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever watches
+            self.error, self.stop_reason = exc, "failed"
+            if child.is_alive():
+                child.kill()
+        finally:
+            receiver.close()
+            child.join(5.0)
+            self._finish()
 
     def _publish(self, snap: Snapshot) -> None:
         with self._cond:
@@ -228,3 +315,123 @@ class LiveRun:
             self.latest = snap
             self.version += 1
             self._cond.notify_all()
+
+
+# the process backend
+
+_FORK = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+PIPE_BYTES = 8 * 2**20  # a recorded snapshot is ~0.4 MB (cpu preset): the child writes without waiting for us
+
+
+def _widen(connection) -> None:
+    """Grow a pipe's kernel buffer (Linux), so the child's writes return at once while we are busy."""
+    try:
+        import fcntl
+
+        limit = int(open("/proc/sys/fs/pipe-max-size").read())
+        fcntl.fcntl(connection.fileno(), 1031, min(PIPE_BYTES, limit))  # F_SETPIPE_SZ
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def _can_fork(run: OverfitRun) -> bool:
+    return _FORK is not None and run.device.type == "cpu"
+
+
+def _close_inherited_sockets() -> None:
+    """A child forked from a web server holds copies of the server's connections, and a connection a client
+    closes does not end for the server while a copy is open: close them (our pipe to the parent is no socket)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc (macOS): nothing to find them by
+        return
+    for fd in fds:
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def _child_main(run: OverfitRun, sender, stop, record, threads: int | None) -> None:
+    """In the forked child: train, send every step (with its arrays when recorded), then the final state."""
+    try:
+        _close_inherited_sockets()
+        if threads:
+            torch.set_num_threads(threads)
+        reason = "stopped"
+        for snap in run:
+            sender.send_bytes(pickle.dumps(("step", snap), protocol=pickle.HIGHEST_PROTOCOL))
+            if snap.done:
+                reason = snap.stop_reason
+                break
+            if stop.is_set():
+                break
+            if record.is_set():
+                record.clear()
+                run.record_next = True
+        # plain pickle bytes: multiprocessing's own pickler would share tensors through handles that die with us
+        sender.send_bytes(pickle.dumps(("end", reason, run.state()), protocol=pickle.HIGHEST_PROTOCOL))
+    except BaseException as exc:  # noqa: BLE001 - the parent raises it
+        try:
+            sender.send_bytes(pickle.dumps(("error", type(exc).__name__, str(exc), isinstance(exc, APMError))))
+        except Exception:  # noqa: BLE001 - the parent sees EOF instead
+            pass
+    finally:
+        sender.close()
+        os._exit(0)  # no atexit handlers, no flushing of the parent's copied buffers
+
+
+class _Forker:
+    """Starts child processes from one thread that never runs torch (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> None:
+        """Start the forking thread now (it inherits this thread's scheduling priority, as will the children)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="apm-forker")
+                self._thread.start()
+
+    def start(self, target, args) -> multiprocessing.process.BaseProcess:
+        self.ready()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((target, args, future))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            target, args, future = self._jobs.get()
+            try:
+                process = _FORK.Process(target=target, args=args, daemon=True, name="apm-train")
+                process.start()
+                future.set_result(process)
+            except BaseException as exc:  # noqa: BLE001
+                future.set_exception(exc)
+
+
+_FORKER = _Forker()
+
+
+def prioritise_training(niceness: int = 10) -> bool:
+    """Let training processes run before this thread and every thread it starts later (a web server).
+
+    Starts the forking thread at today's priority, then lowers the calling thread's priority (Linux niceness is
+    per thread and inherited by new threads; raising it needs no privilege). A server's short, frequent wake-ups
+    otherwise preempt one of torch's two OpenMP threads mid-step and the other waits at the barrier. The server
+    still runs in the gaps training leaves, so its frames arrive, a little later at worst. False where it cannot.
+    """
+    if _FORK is None or not hasattr(os, "nice"):
+        return False
+    _FORKER.ready()
+    try:
+        os.nice(niceness)
+    except OSError:
+        return False
+    return True

@@ -212,9 +212,27 @@ class OverfitRun:
             else None
         )
         self.steps_done = 0
+        self.record_next = False  # set from any thread: the next step is recorded whatever record_every says
 
     def __iter__(self) -> Iterator[Snapshot]:
         return self._train()
+
+    def state(self) -> dict:
+        """Everything training changes: model and optimiser (and schedule) states, and the steps taken."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "steps_done": self.steps_done,
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state()` (e.g. what a training process sent back)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.steps_done = int(state["steps_done"])
 
     def _step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], object]:
         cfg = self.config
@@ -255,7 +273,9 @@ class OverfitRun:
                 stop_reason = "target_loss"
             elif cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
                 stop_reason = "time_budget"
-            record = stop_reason is not None or step == 1 or step % cfg.record_every == 0
+            record = stop_reason is not None or step == 1 or step % cfg.record_every == 0 or self.record_next
+            if record:
+                self.record_next = False
             arrays = self._arrays(out) if record else {}
             yield Snapshot(
                 step=step,
