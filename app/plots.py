@@ -1,8 +1,9 @@
-"""Plotly figures and small image helpers for the panels. Arrays in, figures or uint8 images out.
+"""Every figure of the app, and the small image helpers: arrays in, plotly figures or uint8 images out.
 
-Figures are written as plain plotly JSON dicts and handed to Gradio as `PlotData`: building
-`plotly.graph_objects` figures validates every property and cost ~0.2 s per frame, more than a
-training burst between two frames.
+Figures are plain plotly JSON dicts handed to Gradio as `PlotData`: building `plotly.graph_objects` figures
+validates every property and cost ~0.2 s per frame, more than a training burst between two frames.
+Titles are short and axes use automargins, so the figures stay legible on a 390 px phone. Scatters with few
+points are SVG (`scatter`): browsers keep only a few WebGL contexts per page, and a live run would use them up.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from gradio.components.plot import PlotData
 
 from apm.islands import Projection
 
-PANEL_PX = 256  # images are enlarged (nearest neighbour) to about this size so each location is a visible cell
+PANEL_PX = 256  # exported images are enlarged (nearest neighbour) to about this size
 FONT = {"family": "Inter, system-ui, sans-serif", "size": 12}
-MARGIN = {"l": 40, "r": 10, "t": 40, "b": 36}
+MARGIN = {"l": 10, "r": 10, "t": 36, "b": 10}
 CONFIG = {"displaylogo": False, "responsive": True}
+WEBGL_ABOVE = 4000  # points; below this a scatter is drawn as SVG
 # plotly.js knows only a few colourscales by name; this one is spelled out (red: low, green: high)
 RED_YELLOW_GREEN = [[0.0, "#d73027"], [0.25, "#fc8d59"], [0.5, "#fee08b"], [0.75, "#91cf60"], [1.0, "#1a9850"]]
+BLUE_WHITE_RED = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]
 
 
 def figure(data: list[dict], layout: dict) -> PlotData:
     """A plotly figure from plain dicts (numpy arrays allowed), ready for `gr.Plot`."""
-    payload = {"data": data, "layout": {"font": FONT, "margin": MARGIN, **layout}, "config": CONFIG}
+    payload = {"data": data, "layout": {"font": FONT, "margin": MARGIN, "autosize": True, **layout}, "config": CONFIG}
     return PlotData(type="plotly", plot=orjson.dumps(payload, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
@@ -40,12 +43,23 @@ def figure_dict(plot: PlotData) -> dict:
     return orjson.loads(plot.plot)
 
 
-# images
+def _title(text: str, sub: str | None = None) -> dict:
+    return {"text": text + (f"<br><sup>{sub}</sup>" if sub else ""), "x": 0.02, "xanchor": "left", "font": {"size": 14}}
 
+
+def placeholder(title: str, text: str, height: int = 340) -> PlotData:
+    """An empty figure with a hint in the middle, for panels that have nothing to show yet."""
+    layout = {"title": _title(title), "height": height, "showlegend": False, "plot_bgcolor": "#fafafa",
+              "xaxis": {"visible": False}, "yaxis": {"visible": False},
+              "annotations": [{"text": text, "showarrow": False, "font": {"size": 13, "color": "#888"}}]}
+    return figure([], layout)
+
+
+# images
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """(h, w, 3) float in [0, 1] -> uint8."""
-    return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def enlarge(image: np.ndarray, size: int = PANEL_PX) -> np.ndarray:
@@ -66,14 +80,50 @@ def colormap(values: np.ndarray, vmin: float = -1.0, vmax: float = 1.0) -> np.nd
 
 
 def filter_image(weight: np.ndarray) -> np.ndarray:
-    """Conv filter weights (C, 3, p, p) -> (p, p, 3) in [0, 1], the first channel, contrast-stretched."""
-    w = weight[0].transpose(1, 2, 0)  # (p, p, 3)
+    """Conv filter weights (C, 3, p, p) -> (p, p, 3) uint8, the first channel, contrast-stretched."""
+    w = np.asarray(weight)[0].transpose(1, 2, 0)  # (p, p, 3)
     lo, hi = float(w.min()), float(w.max())
-    return (w - lo) / (hi - lo) if hi > lo else np.full_like(w, 0.5)
+    return to_uint8((w - lo) / (hi - lo) if hi > lo else np.full_like(w, 0.5))
 
 
-# figures
+def mark(image: np.ndarray, location: tuple[int, int] | None) -> np.ndarray:
+    """A grid image (h, w, 3) uint8 with one location outlined (for 'point at a location'), enlarged x8."""
+    big = enlarge(to_uint8(image) if image.dtype != np.uint8 else image, 8 * max(image.shape[:2]))
+    if location is None:
+        return big
+    k = big.shape[0] // image.shape[0]
+    i, j = location
+    y0, x0 = i * k, j * k
+    out = big.copy()
+    for t in range(max(1, k // 6)):  # a ring, white outside, black inside, visible on any colour
+        for colour, d in (((255, 255, 255), t), ((0, 0, 0), t + max(1, k // 6))):
+            y1, y2, x1, x2 = y0 + d, y0 + k - 1 - d, x0 + d, x0 + k - 1 - d
+            if y2 <= y1 or x2 <= x1:
+                continue
+            out[y1, x1:x2 + 1] = colour
+            out[y2, x1:x2 + 1] = colour
+            out[y1:y2 + 1, x1] = colour
+            out[y1:y2 + 1, x2] = colour
+    return out
 
+
+# zero-shot labels
+
+def labels_html(pairs: list[tuple[str, float]] | None, title: str, empty: str = "none yet") -> str:
+    """Top-k (label, probability) as a titled list of bars (HTML, escaped)."""
+    import html
+
+    rows = []
+    for label, p in pairs or []:
+        pct = max(0.0, min(100.0, 100.0 * float(p)))
+        rows.append(f"<div class='apm-label-row'><span class='apm-label-name'>{html.escape(label)}</span>"
+                    f"<span class='apm-label-bar'><span style='width:{pct:.1f}%'></span></span>"
+                    f"<span class='apm-label-p'>{pct:.0f}%</span></div>")
+    body = "".join(rows) or f"<div class='apm-caption'>{html.escape(empty)}</div>"
+    return f"<div class='apm-labels'><div class='apm-labels-title'>{html.escape(title)}</div>{body}</div>"
+
+
+# islands
 
 def _rgb_strings(colours: np.ndarray) -> list[str]:
     return [f"rgb({r},{g},{b})" for r, g, b in to_uint8(colours).tolist()]
@@ -83,12 +133,14 @@ def _hidden_axis() -> dict:
     return {"showticklabels": False, "zeroline": False, "showgrid": False, "title": {"text": ""}}
 
 
-def islands_scatter(projection: Projection | None, title: str = "Islands") -> PlotData:
+def islands_scatter(projection: Projection | None, step: int | None = None) -> PlotData:
     """Each location is a point at its t-SNE / PCA embedding, coloured by its island colour."""
-    layout = {"title": {"text": title}, "height": 420, "showlegend": False, "plot_bgcolor": "#fafafa"}
+    title = "Islands" if step is None else f"Islands · step {step}"
+    layout = {"title": _title(title, "one point per location"), "height": 400, "showlegend": False,
+              "plot_bgcolor": "#fafafa", "margin": {"l": 10, "r": 10, "t": 50, "b": 10}}
     if projection is None:
         layout.update(xaxis={"visible": False}, yaxis={"visible": False}, annotations=[
-            {"text": "press Run to watch islands form", "showarrow": False, "font": {"size": 14, "color": "#888"}}])
+            {"text": "press Run to watch islands form", "showarrow": False, "font": {"size": 13, "color": "#888"}}])
         return figure([], layout)
     h, w = projection.grid_shape
     ii, jj = np.divmod(np.arange(h * w), w)
@@ -103,59 +155,68 @@ def islands_scatter(projection: Projection | None, title: str = "Islands") -> Pl
     layout["uirevision"] = f"islands-{projection.dim}"
     if projection.dim >= 3:
         trace.update(type="scatter3d", x=emb[:, 0], y=emb[:, 1], z=emb[:, 2])
-        trace["marker"]["size"] = 4
+        trace["marker"]["size"] = 4 if h * w <= 1200 else 2
         layout["scene"] = {"xaxis": _hidden_axis(), "yaxis": _hidden_axis(), "zaxis": _hidden_axis(), "aspectmode": "cube"}
     else:
-        trace.update(type="scattergl", x=emb[:, 0], y=emb[:, 1] if projection.dim == 2 else np.zeros(len(emb)))
-        trace["marker"]["size"] = 7 if h * w <= 400 else 5
+        trace.update(type="scattergl" if h * w > WEBGL_ABOVE else "scatter",
+                     x=emb[:, 0], y=emb[:, 1] if projection.dim == 2 else np.zeros(len(emb)))
+        trace["marker"]["size"] = 7 if h * w <= 400 else 4
         layout["xaxis"] = _hidden_axis()
         layout["yaxis"] = {**_hidden_axis(), **({"scaleanchor": "x"} if projection.dim == 2 else {})}
     return figure([trace], layout)
 
 
-def _subplot_title(text: str, x: float) -> dict:
-    return {"text": f"<b>{text}</b>", "x": x, "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center",
-            "yanchor": "bottom", "showarrow": False, "font": {"size": 13}}
-
-
 def loss_figure(
-    steps: list[int], feat: list[float], rgb: list[float],
-    island_steps: list[int], n_islands: list[int], n_connected: list[int], current_step: int | None = None,
+    steps: np.ndarray, feat: np.ndarray, rgb: np.ndarray, island_steps: list[int], n_islands: list[int],
+    n_connected: list[int], current_step: int | None = None, global_only: bool = False,
 ) -> PlotData:
-    """Loss curves (log scale) beside the whole-to-part curve (island count against step)."""
+    """Loss curves (log scale) above the whole-to-part curve (island count against step)."""
+    feat_name = "global (CLS) loss" if global_only else "feature loss"
     data = [
-        {"type": "scatter", "x": steps, "y": feat, "name": "feature loss", "line": {"color": "#1f77b4"}},
-        {"type": "scatter", "x": steps, "y": rgb, "name": "RGB loss", "line": {"color": "#d62728"}},
+        {"type": "scatter", "x": steps, "y": feat, "name": feat_name, "line": {"color": "#1f77b4"}},
         {"type": "scatter", "x": island_steps, "y": n_islands, "name": "feature clusters", "mode": "lines+markers",
          "line": {"color": "#2ca02c", "shape": "hv"}, "xaxis": "x2", "yaxis": "y2"},
         {"type": "scatter", "x": island_steps, "y": n_connected, "name": "connected islands", "mode": "lines+markers",
          "line": {"color": "#9467bd", "shape": "hv", "dash": "dot"}, "xaxis": "x2", "yaxis": "y2"},
     ]
+    if rgb is not None and len(rgb) and np.any(np.asarray(rgb) > 0):
+        data.insert(1, {"type": "scatter", "x": steps, "y": rgb, "name": "RGB loss", "line": {"color": "#d62728"}})
     shapes = []
     if current_step is not None:
         for xref, yref in (("x", "y domain"), ("x2", "y2 domain")):
             shapes.append({"type": "line", "x0": current_step, "x1": current_step, "y0": 0, "y1": 1, "xref": xref,
                            "yref": yref, "line": {"color": "#888", "width": 1, "dash": "dash"}})
-    layout = {
-        "height": 300, "margin": {"l": 55, "r": 10, "t": 40, "b": 40}, "uirevision": "loss", "shapes": shapes,
-        "legend": {"orientation": "h", "y": -0.3},
-        "xaxis": {"domain": [0.0, 0.44], "title": {"text": "step"}},
-        "yaxis": {"type": "log", "exponentformat": "e"},
-        "xaxis2": {"domain": [0.56, 1.0], "title": {"text": "step"}, "anchor": "y2"},
-        "yaxis2": {"anchor": "x2", "rangemode": "tozero"},
-        "annotations": [_subplot_title("Loss (log scale)", 0.22), _subplot_title("Whole to part: islands", 0.78)],
+    layout = {  # two stacked panels: each keeps the full width on a phone
+        "height": 420, "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "uirevision": "loss", "shapes": shapes,
+        "title": _title("Loss (log) and whole to part"),
+        "legend": {"orientation": "h", "x": 0, "y": -0.12, "yanchor": "top"},
+        "xaxis": {"domain": [0, 1], "anchor": "y", "showticklabels": False, "automargin": True},
+        "yaxis": {"domain": [0.56, 1.0], "type": "log", "exponentformat": "e", "automargin": True,
+                  "title": {"text": "loss"}},
+        "xaxis2": {"domain": [0, 1], "anchor": "y2", "matches": "x", "automargin": True,
+                   "title": {"text": "step", "standoff": 4}},
+        "yaxis2": {"domain": [0.0, 0.44], "anchor": "x2", "rangemode": "tozero", "automargin": True,
+                   "title": {"text": "islands"}},
     }
     return figure(data, layout)
 
 
 def heatmap_figure(values: np.ndarray | None, title: str, zmin: float = -1.0, zmax: float = 1.0,
-                   colorscale: str | list = RED_YELLOW_GREEN) -> PlotData:
-    """An (h, w) map with (i, j) hover; rows top to bottom like the image."""
+                   colorscale: str | list = RED_YELLOW_GREEN, sub: str | None = None, height: int = 320,
+                   mark_at: tuple[int, int] | None = None) -> PlotData:
+    """An (h, w) map with (i, j) hover; rows top to bottom like the image; `mark_at` outlines one location."""
     data = []
     if values is not None:
         data.append({"type": "heatmap", "z": np.asarray(values, dtype=np.float32), "zmin": zmin, "zmax": zmax,
-                     "colorscale": colorscale, "hovertemplate": "(i, j) = (%{y}, %{x}): %{z:.3f}<extra></extra>"})
-    layout = {"title": {"text": title}, "height": 300,
+                     "colorscale": colorscale, "colorbar": {"thickness": 10, "len": 0.8},
+                     "hovertemplate": "(i, j) = (%{y}, %{x}): %{z:.3f}<extra></extra>"})
+    shapes = []
+    if mark_at is not None:
+        i, j = mark_at
+        shapes.append({"type": "rect", "x0": j - 0.5, "x1": j + 0.5, "y0": i - 0.5, "y1": i + 0.5,
+                       "line": {"color": "black", "width": 2}})
+    layout = {"title": _title(title, sub), "height": height, "shapes": shapes,
+              "margin": {"l": 10, "r": 10, "t": 50 if sub else 36, "b": 10},
               "xaxis": {"showticklabels": False, "constrain": "domain"},
               "yaxis": {"autorange": "reversed", "scaleanchor": "x", "showticklabels": False, "constrain": "domain"}}
     return figure(data, layout)
@@ -185,14 +246,60 @@ def unfolded_figure(trigger_column: np.ndarray, positional: np.ndarray, grid: tu
     ]
     split = len(col_keep) - 0.5
     layout = {
-        "height": 300, "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "height": 320, "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
+        "title": _title("Unfolded state", "left: trigger column · right: queries [column | position]"),
         "xaxis": {"domain": [0.0, 0.3], "showticklabels": False, "constrain": "domain"},
         "yaxis": {"autorange": "reversed", "showticklabels": False, "scaleanchor": "x", "constrain": "domain"},
         "xaxis2": {"domain": [0.36, 1.0], "showticklabels": False, "anchor": "y2"},
         "yaxis2": {"autorange": "reversed", "showticklabels": False, "anchor": "x2"},
         "shapes": [{"type": "line", "x0": split, "x1": split, "y0": 0, "y1": 1, "xref": "x2", "yref": "y2 domain",
                     "line": {"color": "black", "width": 2}}],
-        "annotations": [_subplot_title("trigger column (one value per patch)", 0.15),
-                        _subplot_title("unfolded queries: [column | position]", 0.68)],
     }
+    return figure(data, layout)
+
+
+# the interpolation walk
+
+WALK_SCATTER_TITLE = "Islands along the walk"
+WALK_LOSS_TITLE = "Training on both images"
+
+
+def walk_scatter(embedding: np.ndarray, colours: np.ndarray, index: int, grid: tuple[int, int]) -> PlotData:
+    """Every location of every frame in grey, the current frame's locations in their island colours."""
+    F, n, k = embedding.shape
+    emb = embedding.astype(np.float32)
+    everything = emb.reshape(F * n, k)
+    current = emb[index]
+    _, w = grid
+    ii, jj = np.divmod(np.arange(n), w)
+    kind = "scattergl" if F * n > WEBGL_ABOVE else "scatter"
+    ys = (lambda e: e[:, 1]) if k > 1 else (lambda e: np.zeros(len(e)))
+    data = [
+        {"type": kind, "x": everything[:, 0], "y": ys(everything), "mode": "markers", "hoverinfo": "skip",
+         "marker": {"size": 4, "color": "rgba(160,160,160,0.25)"}},
+        {"type": kind, "x": current[:, 0], "y": ys(current), "mode": "markers",
+         "marker": {"size": 7 if n <= 400 else 5, "color": _rgb_strings(colours[index]), "line": {"width": 0}},
+         "customdata": np.stack([ii, jj], axis=1),
+         "hovertemplate": "location (i, j) = (%{customdata[0]}, %{customdata[1]})<extra></extra>"},
+    ]
+    axis = {"showticklabels": False, "zeroline": False, "showgrid": False}
+    layout = {"title": _title(WALK_SCATTER_TITLE, "one projection for all frames: colours agree"), "height": 380,
+              "showlegend": False, "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
+              "xaxis": axis, "yaxis": {**axis, "scaleanchor": "x"}, "uirevision": "walk", "plot_bgcolor": "#fafafa"}
+    return figure(data, layout)
+
+
+def walk_loss(steps: np.ndarray, feat: np.ndarray, rgb: np.ndarray) -> PlotData:
+    """Feature and RGB losses against step: the joint loss over both images."""
+    if not len(steps):
+        return placeholder(WALK_LOSS_TITLE, "the losses appear here<br>while the APM trains", height=380)
+    data = [
+        {"type": "scatter", "x": steps, "y": feat, "name": "feature loss", "line": {"color": "#1f77b4"}},
+        {"type": "scatter", "x": steps, "y": rgb, "name": "RGB loss", "line": {"color": "#d62728"}},
+    ]
+    layout = {"title": _title(WALK_LOSS_TITLE, "log scale"), "height": 380, "uirevision": "walk-loss",
+              "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
+              "legend": {"orientation": "h", "x": 0, "y": -0.25, "yanchor": "top"},
+              "xaxis": {"title": {"text": "step"}, "automargin": True},
+              "yaxis": {"type": "log", "exponentformat": "e", "automargin": True}}
     return figure(data, layout)

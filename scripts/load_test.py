@@ -36,9 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TEACHER = "DINOv2 ViT-S/14"
-OWN = "Your own features (.npy / .pt)"
-MIN_STEPS = 10  # the Steps slider's minimum: Gradio 6 refuses smaller values from API clients too
+MIN_STEPS = 10  # a few steps: the runs here measure the server, not training
 TIME_LIMIT_S = 900  # the whole script never runs longer than this
 RSS_BUDGET_MB = 300  # memory after the load may exceed memory before by at most this
 IDLE_SLACK_PCT = 15.0  # idle CPU after the load may exceed idle CPU before by this much (% of one core)
@@ -77,15 +75,20 @@ def cpu_percent(pid: int, seconds: float = 2.0) -> float:
 
 
 def server_files(tmp: Path) -> dict[str, int]:
-    """What the server keeps on disk: session folders (app/state.py), files in them, uploads in Gradio's cache."""
+    """What the server keeps on disk: session folders (app/session.py), files in them, uploads in Gradio's cache."""
     sessions = [p for p in tmp.glob("apm-app*/**/session-*") if p.is_dir()]  # apm-app/pid-N/session-*
     uploads = [p for p in (tmp / "gradio").rglob("*") if p.is_file()] if (tmp / "gradio").is_dir() else []
     return {"session_folders": len(sessions), "session_files": sum(1 for s in sessions for p in s.rglob("*") if p.is_file()),
             "uploads": len(uploads)}
 
 
+def training_processes(pid: int) -> int:
+    """Child processes of the server: the forked training processes of runs still going."""
+    return len(subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split())
+
+
 def snapshot(proc: subprocess.Popen, tmp: Path) -> dict[str, float]:
-    return {**proc_status(proc.pid), **server_files(tmp)}
+    return {**proc_status(proc.pid), **server_files(tmp), "training_processes": training_processes(proc.pid)}
 
 
 def start_server(port: int, tmp: Path, env_extra: dict[str, str]) -> subprocess.Popen:
@@ -147,19 +150,14 @@ class Outcome:
         return self.first_frame_s - self.started_s
 
 
-def run_args(image: str, steps: int, *, teacher: str = TEACHER, features: str | None = None,
-             projection: str = "t-SNE 2D", update_every: int = 10) -> tuple:
-    """The 13 inputs of /run, in the page's order (files wrapped for upload)."""
+def run_kwargs(image: str, steps: int, *, features: str | None = None) -> dict:
+    """/run's keyword arguments (files wrapped for upload); everything else keeps the API's defaults."""
     from gradio_client import handle_file
 
-    return (handle_file(image), teacher, 11, True, None if features is None else handle_file(features), "Dense grid",
-            "cpu", max(MIN_STEPS, int(steps)), 1e-3, 0, projection, update_every, "")
-
-
-def plain(status: str) -> str:
-    for tag in ("<div class='apm-status apm-error'>", "<div class='apm-status'>", "</div>"):
-        status = status.replace(tag, "")
-    return status
+    kwargs = {"image": handle_file(image), "steps": max(MIN_STEPS, int(steps))}
+    if features is not None:
+        kwargs.update(teacher="file", features=handle_file(features))
+    return kwargs
 
 
 def one_session(url: str, image: str, steps: int, timeout_s: float, **kwargs) -> Outcome:
@@ -173,7 +171,7 @@ def one_session(url: str, image: str, steps: int, timeout_s: float, **kwargs) ->
     try:
         client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
         t0 = time.monotonic()
-        job = client.submit(*run_args(image, steps, **kwargs), api_name="/run")
+        job = client.submit(**run_kwargs(image, steps, **kwargs), api_name="/run")
         seen = 0
         while True:
             status = job.status()
@@ -187,7 +185,7 @@ def one_session(url: str, image: str, steps: int, timeout_s: float, **kwargs) ->
                     outcome.first_frame_s = time.monotonic() - t0
                     if outcome.started_s is None:
                         outcome.started_s = outcome.first_frame_s
-                outcome.statuses += [str(o[0]) for o in outputs[seen:]]
+                outcome.statuses += [str(o["status"]) for o in outputs[seen:]]
                 seen = len(outputs)
             if job.done():
                 break
@@ -201,9 +199,9 @@ def one_session(url: str, image: str, steps: int, timeout_s: float, **kwargs) ->
         except QueueError as exc:  # gradio_client 2.x: HTTP 503 from /queue/join, raised by result()
             outcome.kind, outcome.message = "rejected", str(exc)
             return outcome
-        final = str(result[0]) if result else (outcome.statuses[-1] if outcome.statuses else "")
-        outcome.kind = "completed" if "done" in final and "apm-error" not in final else "failed"
-        outcome.message = plain(final)
+        final = str(result["status"]) if result else (outcome.statuses[-1] if outcome.statuses else "")
+        outcome.kind = "completed" if final.startswith("done") else "failed"
+        outcome.message = final
     except Exception as exc:  # noqa: BLE001 - classify whatever the client raises
         text = f"{type(exc).__name__}: {exc}"
         full = "queue" in text.lower() and "full" in text.lower()
@@ -236,7 +234,8 @@ def settle(proc: subprocess.Popen, tmp: Path, base_threads: float, deadline_s: f
     end = time.monotonic() + deadline_s
     while True:
         snap = snapshot(proc, tmp)
-        if (snap["threads"] <= base_threads and snap["session_folders"] == 0) or time.monotonic() > end:
+        if (snap["threads"] <= base_threads and snap["session_folders"] == 0 and not snap["training_processes"]) \
+                or time.monotonic() > end:
             break
         time.sleep(1.0)
     snap["cpu_idle_pct"] = cpu_percent(proc.pid, 2.0)
@@ -244,11 +243,11 @@ def settle(proc: subprocess.Popen, tmp: Path, base_threads: float, deadline_s: f
 
 
 def print_server(prefix: str, before: dict, after: dict) -> None:
-    for key, fmt in (("rss_mb", "{:.0f}"), ("threads", "{:.0f}"), ("session_folders", "{:.0f}"),
-                     ("session_files", "{:.0f}"), ("uploads", "{:.0f}")):
+    for key, fmt in (("rss_mb", "{:.0f}"), ("threads", "{:.0f}"), ("training_processes", "{:.0f}"),
+                     ("session_folders", "{:.0f}"), ("session_files", "{:.0f}"), ("uploads", "{:.0f}")):
         print(f"{prefix}{key}_before {fmt.format(before[key])}")
         print(f"{prefix}{key}_after {fmt.format(after[key])}")
-    print(f"{prefix}cpu_idle_pct_before {before['cpu_idle_pct']:.1f}")  # Gradio's queue polls every 1 ms: ~5-10%
+    print(f"{prefix}cpu_idle_pct_before {before['cpu_idle_pct']:.1f}")
     print(f"{prefix}cpu_idle_pct_after {after['cpu_idle_pct']:.1f}")
 
 
@@ -275,25 +274,21 @@ def run_broken(url: str) -> list[tuple[str, bool]]:
             for name, path in corpus.items():
                 is_feature = path.suffix in (".npy", ".pt")
                 image = str(corpus["plain_jpeg"] if is_feature else path)
-                kwargs = {"teacher": OWN, "features": str(path)} if is_feature else {}
+                kwargs = {"features": str(path)} if is_feature else {}
                 t0 = time.monotonic()
                 try:
-                    result = client.predict(*run_args(image, MIN_STEPS, projection="PCA (3 components)", update_every=5,
-                                                      **kwargs), api_name="/run")
-                    status = str(result[0])
+                    status = str(client.predict(**run_kwargs(image, MIN_STEPS, **kwargs), api_name="/run")["status"])
                 except Exception as exc:  # noqa: BLE001 - an exception here is a failure: the page shows nothing
                     status = f"EXCEPTION {type(exc).__name__}: {exc}"
                 expect_error = name in BROKEN_IMAGES or (is_feature and "good" not in name)
-                is_error = "apm-error" in status
-                ok = not status.startswith("EXCEPTION") and is_error == expect_error and (is_error or "done" in status)
+                is_error = status.startswith("error:")
+                ok = not status.startswith("EXCEPTION") and is_error == expect_error and (is_error or status.startswith("done"))
                 checks.append((f"corpus {name}", ok))
-                print(f"{'ok ' if ok else 'BAD'} {name:22s} {time.monotonic() - t0:5.1f} s  {plain(status)[:120]}",
-                      flush=True)
-            alive = client.predict(*run_args(str(ROOT / "assets/examples/face.png"), MIN_STEPS,
-                                             projection="PCA (3 components)"), api_name="/run")
+                print(f"{'ok ' if ok else 'BAD'} {name:22s} {time.monotonic() - t0:5.1f} s  {status[:120]}", flush=True)
+            alive = client.predict(**run_kwargs(str(ROOT / "assets/examples/face.png"), MIN_STEPS), api_name="/run")
         finally:
             client.close()
-        checks.append(("server still serves a good run after the corpus", "done" in str(alive[0])))
+        checks.append(("server still serves a good run after the corpus", str(alive["status"]).startswith("done")))
         checks.append(("no file was unpickled (the canary marker is absent)", not (folder / PICKLE_MARKER).exists()))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -376,6 +371,7 @@ def main() -> int:
                 ("every session completed or got the queue-full message", count("completed") + count("rejected") == sessions),
                 (f"memory after the load within {RSS_BUDGET_MB} MB of before", after["rss_mb"] - before["rss_mb"] <= RSS_BUDGET_MB),
                 ("no threads left over after the load", after["threads"] <= before["threads"]),
+                ("no training process left after the load", after["training_processes"] == 0),
                 ("no session folders left after the load", after["session_folders"] == 0),
                 ("server idle again after the load (no run left using CPU)", idle_again(before, after)),
             ]
@@ -413,6 +409,7 @@ def main() -> int:
                 ("repeated: every run completed", kinds.get("completed", 0) == repeat),
                 (f"repeated: memory stays within {RSS_BUDGET_MB} MB", max(rss_max, rep1["rss_mb"]) - rep0["rss_mb"] <= RSS_BUDGET_MB),
                 ("repeated: no threads left over", rep1["threads"] <= rep0["threads"]),
+                ("repeated: no training process left", rep1["training_processes"] == 0),
                 ("repeated: session folders cleaned up", rep1["session_folders"] == 0),
                 ("repeated: server idle again afterwards", idle_again(rep0, rep1)),
             ]

@@ -1,31 +1,40 @@
-"""Time the app as a user sees it, in headless Chromium: prints figures, asserts nothing.
+"""Time the app as a user sees it: prints `name value` lines, asserts nothing.
 
-    python scripts/measure_app.py [--steps 300] [--image assets/examples/face.png] [--out DIR]
+    python scripts/measure_app.py [--steps 300] [--image assets/examples/face.png] [--no-browser]
 
-Starts `python app.py` on a free port (untrained teacher, offline), uploads an image, presses Run with the
-default settings and reports: seconds from pressing Run to the first islands frame, status updates per
-second during the run, seconds until the run is done, the final status, and WebGL contexts created / lost.
-Then (unless --no-client) the same run through `gradio_client`, without a browser, so the server's own
-cost can be told apart from a browser competing for the same CPU cores.
-Uses Debian's /usr/bin/chromium through Python Playwright (never `playwright install`).
+1. The benchmark's training rate of the `cpu` preset (`apm.bench.step_seconds`, a 16 x 16 x 384 target, the same
+   shape as DINOv2-S's grid), measured in this script right before and right after the app's run (a shared VM's
+   speed drifts by tens of percent over minutes: the ratio is to their mean).
+2. The app on a free port (untrained teachers, offline), driven through `gradio_client` with no browser, the way
+   the page drives it: `/begin`, `/prepare`, then the `/stream` of frames. The client stands for a visitor's
+   machine: it runs in its own process at low priority and does not download the images it is sent, so the
+   figures are the server's, not the cost of a client sharing its 2 cores. The first run after the server starts
+   is the cold one (the teacher is built then); the second is timed with the teacher loaded. Reported: seconds
+   from Run to the first frame, frames per second received, the run's training rate (steps / training time, from
+   the last status) and its ratio to the benchmark's.
+3. The same run in headless Chromium (Debian's /usr/bin/chromium through Playwright; never `playwright install`):
+   first islands frame, status updates per second, run time. The browser shares the 2 cores with the server, so
+   these figures sit below the client's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.app_driver import (
+from tests.app_driver import (  # noqa: E402
     JS_ISLAND_POINTS,
     JS_STATUS,
     JS_WATCH_STATUS,
-    JS_WEBGL_STATE,
     app_server,
     chromium,
     open_app,
@@ -34,79 +43,161 @@ from tests.app_driver import (
     upload_image,
 )
 
+RATE = re.compile(r"step (\d+) / (\d+) · (\d+) steps/s .*? · (\d+\.\d) s")
 
-def measure_client(url: str, image: str, steps: int) -> None:
-    """The same run through the Python client: no browser, every streamed update timed as it arrives."""
+
+def emit(name: str, value: float, note: str = "") -> None:
+    print(f"{name} {value:.4g}" + (f"  # {note}" if note else ""), flush=True)
+
+
+def bench_rate(name: str) -> float:
+    from apm.bench import step_seconds
+
+    seconds, run = step_seconds("cpu", (16, 16), 384, "auto", 60)
+    emit(name, 1.0 / seconds, "precision " + ("bf16" if run.amp_dtype else "fp32"))
+    return 1.0 / seconds
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by a process and each of its children (Linux /proc)."""
+    import subprocess
+
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    out = {}
+    for p in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, IndexError):
+            pass
+    return out
+
+
+def _server_pid(port: int) -> int:
+    """The pid of `python app.py` listening on this port (the newest one)."""
+    pids = subprocess.run(["pgrep", "-f", "python app.py"], capture_output=True, text=True).stdout.split()
+    for pid in reversed(pids):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"GRADIO_SERVER_PORT={port}".encode() in env:
+            return int(pid)
+    raise RuntimeError(f"no server on port {port}")
+
+
+def settings(image, steps: int) -> list:
+    """The page's inputs to `/prepare`, in order (IslandsTab.settings_inputs, then 'comparable colours')."""
+    return ["custom", image, "dinov2", 11, True, None, "dense", "", "cpu", steps, 1e-3, "constant", 0, 10, 1.0,
+            "mse", True, "torch", "attention", "auto", "tsne2d", 30, "cosine", "pca", True]
+
+
+def client_run(url: str, image: str, steps: int) -> dict:
+    """One run through the page's own endpoints, in a low-priority child process; returns its timings."""
+    import json
+
+    out = subprocess.run([sys.executable, __file__, "--client-run", url, image, str(steps)], capture_output=True,
+                         text=True, preexec_fn=lambda: os.nice(10), timeout=900)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"the client run failed:\n{out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _client_run(url: str, image: str, steps: int) -> dict:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)
     pressed = time.perf_counter()
-    job = client.submit(image_path=handle_file(image), features_file=None, steps=steps, api_name="/run")
-    arrivals = []
+    client.predict(api_name="/islands_begin")
+    client.predict(*settings(handle_file(image), steps), api_name="/islands_prepare")
+    job = client.submit(api_name="/islands_stream")
+    arrivals, statuses = [], []
     for out in job:
         arrivals.append(time.perf_counter() - pressed)
-    outputs = job.outputs()
-    status = re.sub(r"<[^>]+>", "", str(outputs[-1][0])).strip() if outputs else "(no output)"
-    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
-    print(f"client, no browser:   first update {arrivals[0]:.2f} s, {len(arrivals)} updates "
-          f"({(len(arrivals) - 1) / span if span else 0.0:.2f} per second), finished in {arrivals[-1]:.1f} s")
-    print(f"                      {status}")
+        statuses.append(re.sub(r"<[^>]+>", "", str(out[0])))
+    client.close()
+    last = next((s for s in reversed(statuses) if RATE.search(s)), "")
+    match = RATE.search(last)
+    step, seconds = (int(match[1]), float(match[4])) if match else (0, 1.0)
+    live = [t for t in arrivals[1:-1]]  # the frames while training (the last carries the final picture)
+    span = (live[-1] - live[0]) if len(live) > 1 else 0.0
+    return {"first_frame_s": arrivals[0] if arrivals else float("nan"), "updates": len(arrivals),
+            "updates_per_s": (len(live) - 1) / span if span else 0.0, "steps_per_s": step / seconds,
+            "finished_s": arrivals[-1] if arrivals else float("nan"), "status": last}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default=str(ROOT / "assets" / "examples" / "face.png"))
-    parser.add_argument("--steps", type=int, default=300, help="Steps slider value (300 is the default)")
-    parser.add_argument("--out", default=str(ROOT / "tests" / "artifacts" / "measure"), help="screenshots and server log")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the run to finish")
-    parser.add_argument("--no-client", action="store_true", help="skip the run through gradio_client")
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    with app_server(out / "server.log") as url, chromium() as browser:
-        page = open_app(browser, url)
-        upload_image(page, args.image)
-        if args.steps != 300:
-            steps_box = page.locator("#steps input[type=number]")
-            if not steps_box.is_visible():
-                page.get_by_text("Training", exact=True).first.click()  # the closed accordion
-            steps_box.fill(str(args.steps))
-            steps_box.press("Enter")
+def browser_run(url: str, image: str, out: Path) -> None:
+    with chromium() as browser:
+        page = open_app(browser, url, width=1440, height=1000)
+        upload_image(page, image)
         start_ms = page.evaluate(JS_WATCH_STATUS)
         pressed = time.perf_counter()
         page.click("#run")
         page.wait_for_function(f"() => ({JS_ISLAND_POINTS})() > 0", timeout=120_000, polling="raf")
-        first_frame = time.perf_counter() - pressed
+        first = time.perf_counter() - pressed
         page.wait_for_function(
-            "() => /^(done|stopped|failed)|⚠/.test(((document.querySelector('#status') || {}).innerText || '').trim())",
-            timeout=args.timeout * 1000, polling=50)
+            "() => /^(done|stopped|⚠|cut off)/.test(((document.querySelector('#status') || {}).innerText || '').trim())",
+            timeout=600_000, polling=50)
         finished = time.perf_counter() - pressed
         status = page.evaluate(JS_STATUS).strip()
-        log = page.evaluate("() => window.__statusLog")
-        n_updates, rate = update_rate(log, start_ms)
-        gl = page.evaluate(JS_WEBGL_STATE)
-        shot = out / "finished.png"
-        page.screenshot(path=str(shot), full_page=True)
+        n, rate = update_rate(page.evaluate("() => window.__statusLog"), start_ms)
+        page.screenshot(path=str(out / "finished.png"), full_page=True)
+        emit("browser_first_frame_s", first)
+        emit("browser_updates_per_s", rate, f"{n} status updates")
+        emit("browser_run_s", finished, status[:120])
+        step = status_step(status)
+        if page.console_errors:
+            print(f"# browser console errors: {page.console_errors[:3]}")
         page.close()
-        report(args, first_frame, n_updates, rate, finished, status, gl, page, shot, out)
-        if not args.no_client:
-            measure_client(url, args.image, args.steps)
+        return step
 
 
-def report(args, first_frame, n_updates, rate, finished, status, gl, page, shot, out) -> None:
-    step = status_step(status)
-    print(f"image                 {args.image}")
-    print(f"time to first frame   {first_frame:.2f} s (Run pressed -> islands plot has points)")
-    print(f"status updates        {n_updates} showing a step, {rate:.2f} per second")
-    print(f"run finished in       {finished:.1f} s ({step[0] if step else '?'} / {step[1] if step else '?'} steps)")
-    print(f"final status          {status}")
-    print(f"WebGL contexts        {gl['created']} created, {gl['lost']} lost; islands plot: "
-          f"{gl['islands_live']} live, {gl['islands_lost']} lost")
-    if page_errors := getattr(page, "console_errors", []):
-        print(f"console errors        {len(page_errors)}: {page_errors[:3]}")
-    print(f"screenshot            {shot}")
-    print(f"server log            {out / 'server.log'}")
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--client-run":  # the low-priority client process
+        import json
+
+        print(json.dumps(_client_run(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", default=str(ROOT / "assets" / "examples" / "face.png"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--out", default=str(ROOT / "tests" / "artifacts" / "measure"))
+    parser.add_argument("--no-browser", action="store_true", help="skip the headless-Chromium run")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    with app_server(out / "server.log") as url:
+        cold = client_run(url, args.image, 30)
+        emit("first_frame_s_cold", cold["first_frame_s"], "first Run after the server starts: the teacher is built")
+        before = bench_rate("bench_cpu_steps_per_s_before")
+        server = int(url.rsplit(":", 1)[1].strip("/"))  # the port; the pid is found below
+        pid = _server_pid(server)
+        usage = {}
+
+        def sample() -> None:  # CPU of the server and of its training process, while the run trains
+            time.sleep(3.0)
+            a, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(6.0)
+            b, span = cpu_seconds(pid), time.monotonic() - t0
+            usage["server"] = (b.get(pid, 0) - a.get(pid, 0)) / span
+            usage["training"] = sum(b[p] - a.get(p, b[p]) for p in b if p != pid) / span
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        warm = client_run(url, args.image, args.steps)
+        sampler.join()
+        after = bench_rate("bench_cpu_steps_per_s_after")
+        bench = (before + after) / 2
+        emit("first_frame_s_loaded", warm["first_frame_s"], "teacher loaded")
+        emit("client_updates_per_s", warm["updates_per_s"], f"{warm['updates']} updates")
+        emit("client_steps_per_s", warm["steps_per_s"], warm["status"][:100])
+        emit("client_vs_bench_ratio", warm["steps_per_s"] / bench, "to the mean of the two bench figures")
+        emit("client_run_s", warm["finished_s"])
+        if usage:
+            emit("server_cpu_cores", usage["server"], "Gradio, rendering frames, the pipe's reader")
+            emit("training_cpu_cores", usage["training"], "the training process (torch's threads)")
+        if not args.no_browser:
+            browser_run(url, args.image, out)
+    print(f"# screenshot and server log in {out}")
 
 
 if __name__ == "__main__":

@@ -187,3 +187,49 @@ def open_app(browser, url: str, width: int = 1400, height: int = 1000):
     page.goto(url)
     page.wait_for_selector("#run", timeout=60_000)
     return page
+
+
+# helpers for the tabs' browser tests
+
+def text_of(page, elem_id: str) -> str:
+    """The visible text of an element (the status boxes carry Gradio's progress text first: the last line)."""
+    text = page.evaluate(f"() => (document.querySelector('#{elem_id}') || {{}}).innerText || ''").strip()
+    return text.splitlines()[-1].strip() if text else ""
+
+
+def wait_text(page, elem_id: str, pattern: str, timeout_ms: int = 120_000) -> str:
+    """Wait until the element's text matches a JS regular expression; returns the text."""
+    page.wait_for_function(
+        "([id, re]) => new RegExp(re).test(((document.querySelector('#' + id) || {}).innerText || '').trim())",
+        arg=[elem_id, pattern], timeout=timeout_ms, polling=50)
+    return text_of(page, elem_id)
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a slider's or number box's input, as a user does (Enter commits it)."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+    # a slider's range input follows once the component has taken the value: only then is it what a Run sends
+    page.wait_for_function(
+        """([id, v]) => { const r = document.querySelector(`#${id} input[type=range]`);
+                          return !r || Number(r.value) === Number(v); }""",
+        arg=[elem_id, value], timeout=10_000,
+    )
+
+
+def open_accordion(page, label: str) -> None:
+    page.get_by_text(label, exact=True).first.click()
+
+
+def click_example(page, index: int, gallery: str = "examples") -> None:
+    page.locator(f"#{gallery} .thumbnail-item").nth(index).click()
+
+
+def shot(page, folder: Path, name: str, full_page: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    print(f"screenshot: {path}")
+    return path

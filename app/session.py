@@ -1,0 +1,196 @@
+"""Per-session state: what one browser tab (or one API client) has run and recorded. Sessions never share it.
+
+Sessions live in a process-wide registry keyed by Gradio's session hash, so a Stop click (a separate request)
+reaches the run it stops. Sessions expire after an idle time, and their files go with them. A run's record
+keeps the frames the page showed (for the timeline and exports) and the `LiveRun` that trains it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apm.islands import IslandMetrics, Projection
+from apm.live import LiveRun
+from apm.recipes import Experiment
+
+SESSION_TTL_S = 3600.0  # a session idle this long is dropped with its files
+MAX_SESSIONS = 64  # beyond this the least recently used session is dropped
+MAX_FRAMES = 120  # frames kept per run for the timeline; older ones are thinned out
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One displayed moment of a run: everything its panels need, so scrubbing recomputes nothing."""
+
+    step: int
+    elapsed_s: float
+    feat_loss: float
+    rgb_loss: float
+    features: np.ndarray  # (h, w, d) float16: the unfolded feature grid (exports, agreement maps)
+    rgb: np.ndarray  # (h, w, 3) float32 in [0, 1]: the RGB head's reconstruction
+    trigger_column: np.ndarray  # (column_dim,) float32
+    conv_filter: np.ndarray  # (C, 3, p, p) float32
+    projection: Projection  # embedding, colours and islands image
+    metrics: IslandMetrics  # island counts, agreement, fidelity map
+    global_vector: np.ndarray | None = None  # (d_g,) the APM's global prediction, when it has a global head
+    apm_labels: list[tuple[str, float]] | None = None  # zero-shot top-5 of the APM's global vector
+
+
+@dataclass
+class RunRecord:
+    """One run of the Islands tab: its settings, what it compares with, and the frames shown."""
+
+    run_id: int
+    experiment: Experiment
+    image_name: str  # the input's file name (exports, links)
+    grid_shape: tuple[int, int]
+    input_small: np.ndarray  # (h, w, 3) float32: the input at grid resolution
+    teacher_label: str
+    teacher_grid: np.ndarray | None = None  # (h, w, d) float32 when the target is a dense grid of this shape
+    teacher_projection: Projection | None = None  # the teacher's islands, in the run's projection
+    teacher_labels: list[tuple[str, float]] | None = None  # the teacher's zero-shot top-5
+    labels: list[str] = field(default_factory=list)  # zero-shot labels asked for
+    total_steps: int = 0
+    folded: dict[str, Any] = field(default_factory=dict)  # parameter counts and bytes by part
+    positional: np.ndarray | None = None  # (h*w, pos_dim) the positional half of the unfolded queries
+    live: LiveRun | None = None
+    frames: list[Frame] = field(default_factory=list)
+    status: str = "running"  # running | done | stopped | failed
+    note: str = ""  # why it ended, when that needs saying
+    shown: int = -1  # index of the frame the page shows (the timeline's)
+
+    def add_frame(self, frame: Frame) -> None:
+        self.frames.append(frame)
+        if len(self.frames) > MAX_FRAMES:  # keep the first and the last; drop every other in between
+            self.frames = [self.frames[0], *self.frames[1:-1:2], self.frames[-1]]
+
+    def frame_at_step(self, step: float | None) -> tuple[int, Frame]:
+        """The recorded frame nearest to a training step (None: the last)."""
+        if step is None:
+            return len(self.frames) - 1, self.frames[-1]
+        steps = np.array([f.step for f in self.frames])
+        index = int(np.argmin(np.abs(steps - float(step))))
+        return index, self.frames[index]
+
+    def history(self) -> dict[str, np.ndarray]:
+        """Every step's losses so far (one consistent copy)."""
+        if self.live is None:
+            return {"step": np.zeros(0, np.int64), "feat_loss": np.zeros(0), "rgb_loss": np.zeros(0)}
+        return self.live.history.arrays()
+
+
+class Session:
+    """One tab: its current run, the walk of the interpolation tab, and a private folder for exports."""
+
+    def __init__(self, session_id: str, root: Path):
+        self.session_id = session_id
+        self.lock = threading.Lock()
+        self.run: RunRecord | None = None
+        self.prepared: Any = None  # the Islands tab's next run, validated and built, waiting for its stream
+        self.walk: Any = None  # the interpolation tab's trained walk
+        self.view: Any = None  # the projection settings the page shows now (a live run reads them per frame)
+        self.extras: dict[str, Any] = {}  # tab-specific caches (levels of the current image, ...)
+        self.run_id = 0  # the newest run asked for; an older run that sees a newer id stops
+        self.play_id = 0  # the newest Play of the walk; an older one stops
+        self.last_seen = time.monotonic()
+        self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
+
+    def new_run(self) -> int:
+        """A new run id: the run going on in this session (and any Play) sees it and stops."""
+        with self.lock:
+            self.run_id += 1
+            self.play_id += 1
+            self.prepared = None
+            if self.run is not None and self.run.live is not None:
+                self.run.live.stop()
+            return self.run_id
+
+    def is_current(self, run_id: int) -> bool:
+        return run_id == self.run_id
+
+    def stop(self) -> None:
+        """Stop: the run in progress ends after its step, a prepared run never starts, Play pauses."""
+        with self.lock:
+            self.run_id += 1
+            self.play_id += 1
+            self.prepared = None
+            if self.run is not None and self.run.live is not None:
+                self.run.live.stop()
+
+    def close(self) -> None:
+        self.stop()
+        self.run = None
+        self.walk = None
+        self.extras.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def busy(self) -> bool:
+        """A run that is still training (an abandoned one stops itself: LiveRun's idle timeout)."""
+        run = self.run
+        return run is not None and run.live is not None and run.live.alive
+
+
+def _process_root() -> Path:
+    """This process's folder for session files, under one shared parent; folders of dead processes are swept."""
+    parent = Path(tempfile.gettempdir()) / "apm-app"
+    parent.mkdir(parents=True, exist_ok=True)
+    for folder in parent.iterdir():
+        pid = folder.name.removeprefix("pid-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    root = parent / f"pid-{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+class SessionStore:
+    """Thread-safe registry of sessions, with idle expiry and a size bound."""
+
+    def __init__(self, root: Path | None = None, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS):
+        self.root = Path(root) if root else _process_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> Session:
+        with self._lock:
+            self._expire()
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = Session(session_id, self.root)
+            session.last_seen = time.monotonic()
+            return session
+
+    def peek(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def drop(self, session_id: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.close()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        stale = [k for k, s in self._sessions.items() if now - s.last_seen > self.ttl_s and not s.busy()]
+        by_age = sorted(self._sessions.items(), key=lambda kv: kv[1].last_seen)
+        excess = [k for k, s in by_age if not s.busy()][: max(0, len(self._sessions) - self.max_sessions + 1)]
+        for key in set(stale) | set(excess):
+            self._sessions.pop(key).close()

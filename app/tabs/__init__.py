@@ -1,0 +1,1 @@
+"""One module per tab: each builds its components and wires its events."""

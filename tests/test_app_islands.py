@@ -1,0 +1,393 @@
+"""The Islands tab's handlers, called directly (no server, no browser), outputs read by element id.
+
+Runs are a few dozen steps of an untrained teacher (APM_RANDOM_WEIGHTS=1, set in conftest), so the file stays
+light on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.tabs import islands as islands_module
+from app.widgets import STORE
+from tests.app_harness import (
+    Req,
+    by_id,
+    example,
+    figure,
+    is_error,
+    is_skip,
+    islands,
+    islands_settings,
+    n_points,
+    parse_status,
+    plain,
+    run_islands,
+)
+from tests.corpus.make_corpus import PICKLE_MARKER
+
+STREAMED = {"status", "islands-plot", "islands-image", "rgb-image", "loss-plot", "fidelity-plot", "apm-labels",
+            "conv-filter", "unfolded-plot", "timeline"}
+
+
+@pytest.fixture(scope="module")
+def finished():
+    """A 30-step t-SNE 2D run, everything it sent kept: (request, prepare's outputs, stream's outputs, session)."""
+    request = Req("islands-finished")
+    prepared, stream = run_islands(request, example("face"), steps=30)
+    yield request, prepared, stream, STORE.peek(request.session_hash)
+    STORE.drop(request.session_hash)
+
+
+def test_prepare_sends_what_stays_put(finished):
+    _, prepared, _, session = finished
+    record = session.run
+    h, w = record.grid_shape
+    assert (h, w) == (16, 16)
+    assert plain(prepared["status"]).startswith("training starts (expected")
+    for elem in ("input-small", "teacher-islands"):
+        assert prepared[elem].dtype == np.uint8 and prepared[elem].shape == (h, w, 3)
+    assert "Folded state" in prepared["folded"] and f"{h} x {w} queries" in prepared["folded"]
+    assert prepared["timeline"]["maximum"] == 30 and prepared["timeline"]["interactive"] is False
+    assert prepared["clip-labels"]["visible"] is False  # DINOv2 has no text tower: no labels panel
+    assert "islands-plot" in prepared and n_points(prepared["islands-plot"]) == 0  # cleared for the new run
+
+
+def test_the_stream_sends_only_what_changes(finished):
+    _, _, stream, session = finished
+    record = session.run
+    h, w = record.grid_shape
+    assert len(stream) >= 2
+    steps = []
+    for k, out in enumerate(stream):
+        assert set(out) <= STREAMED, set(out) - STREAMED  # never the panels that stay put
+        status = parse_status(out["status"])
+        assert status["total"] == 30 and status["loss"] > 0
+        last = k == len(stream) - 1
+        if not last:
+            assert status["lead"] == "training" and out["timeline"] == steps_of(out)
+            steps.append(out["timeline"])
+        else:
+            assert status["lead"] == "done" and status["step"] == 30
+            assert out["timeline"]["value"] == 30 and out["timeline"]["interactive"] is True
+        assert n_points(out["islands-plot"]) == h * w
+        assert figure(out["islands-plot"])["data"][0]["type"] == "scatter"  # SVG: few points, no WebGL context
+        assert f"step {record.frames[min(k, len(record.frames) - 1)].step}" in figure(out["islands-plot"])["layout"]["title"]["text"] or last
+        for elem in ("islands-image", "rgb-image"):
+            assert out[elem].dtype == np.uint8 and out[elem].shape == (h, w, 3)
+        loss = figure(out["loss-plot"])
+        assert len(loss["data"][0]["x"]) == max(int(s) for s in loss["data"][0]["x"])  # every step so far
+        assert np.asarray(figure(out["fidelity-plot"])["data"][0]["z"]).shape == (h, w)
+    assert steps == sorted(steps) and steps[0] >= 1
+    assert not is_skip(stream[0]["conv-filter"]) and not is_skip(stream[-1]["conv-filter"])  # first and last frames
+    assert stream[-1]["unfolded-plot"] is not None and len(figure(stream[-1]["unfolded-plot"])["data"]) == 2
+    assert record.status == "done" and [f.step for f in record.frames][-1] == 30
+
+
+def steps_of(out: dict) -> int:
+    return int(figure(out["islands-plot"])["layout"]["title"]["text"].split("step ")[1].split("<")[0])
+
+
+def test_scrubbing_is_in_steps(finished):
+    request, _, _, session = finished
+    frames = session.run.frames
+    tab = islands()
+    first = by_id(tab.scrub(frames[0].step, request=request))
+    status = parse_status(first["status"])
+    assert status["lead"] == "showing" and status["step"] == frames[0].step
+    assert session.run.teacher_label in plain(first["status"])  # the teacher stays named while scrubbing
+    np.testing.assert_array_equal(first["rgb-image"], islands_module.plots.to_uint8(frames[0].rgb))
+    nearest = by_id(tab.scrub(frames[1].step + 1, request=request))
+    assert parse_status(nearest["status"])["step"] == frames[1].step  # the nearest recorded frame
+    beyond = by_id(tab.scrub(10_000, request=request))
+    assert parse_status(beyond["status"])["step"] == frames[-1].step
+    assert session.run.status == "done"  # scrubbing changes nothing recorded
+
+
+def test_changing_the_projection_redraws_the_shown_frame(finished):
+    request, _, _, session = finished
+    tab = islands()
+    tab.scrub(session.run.frames[0].step, request=request)
+    out = by_id(tab.reproject("tsne3d", 10, "cosine", "pca", True, 0, request=request))
+    assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d"
+    assert f"step {session.run.frames[0].step}" in plain(out["status"])
+    assert out["teacher-islands"].shape[2] == 3
+    assert session.run.frames[0].projection.dim == 3 and session.view.experiment.perplexity == 10
+    out = by_id(tab.reproject("pca", 30, "cosine", "pca", False, 0, request=request))
+    assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d" and session.view.comparable is False
+    bad = by_id(tab.reproject("tsne2d", 500, "cosine", "pca", True, 0, request=request))
+    assert is_error(bad["status"]) and "perplexity" in plain(bad["status"])
+
+
+def test_comparable_colours_are_identical_for_identical_grids(finished):
+    """When the APM's features equal the teacher's, rotated onto the teacher's embedding they get its colours."""
+    _, _, _, session = finished
+    record = session.run
+    view = session.view
+    frame = record.frames[-1]
+    same = replace(frame)
+    from apm.islands import project
+
+    teacher = project(record.teacher_grid, view.config)
+    aligned = project(record.teacher_grid, view.config, align_to=teacher)
+    np.testing.assert_allclose(aligned.colours, teacher.colours, atol=1e-5)
+    assert same is not None
+
+
+def test_export_writes_files_that_open_and_the_settings(finished):
+    import json
+
+    request, _, _, session = finished
+    out = by_id(islands().export(request=request))
+    assert out["export-files"]["visible"] is True and not is_error(out["status"])
+    paths = [Path(f) for f in out["export-files"]["value"]]
+    assert [p.name for p in paths] == ["islands.gif", "snapshots.npz", "panels.png", "run.json"]
+    assert all(p.is_file() and p.stat().st_size > 0 and session.folder in p.parents for p in paths)
+    n = len(session.run.frames)
+    with Image.open(paths[0]) as gif:
+        assert gif.format == "GIF" and n <= gif.n_frames <= 2 * n  # forward, then back (a ping-pong loop)
+    with np.load(paths[1], allow_pickle=False) as npz:
+        assert npz["step"].tolist() == [f.step for f in session.run.frames]
+        assert npz["features"].shape[:3] == (n, 16, 16) and len(npz["curve_feat_loss"]) == 30
+    summary = json.loads(paths[3].read_text())
+    assert summary["experiment"]["teacher"] == "dinov2" and summary["experiment"]["layer"] == 11
+    assert summary["train_config"]["lr"] == 1e-3 and "DINOv2 ViT-S/14 · layer 11" in summary["teacher"]
+    assert summary["environment"]["packages"]["torch"] and summary["steps_done"] == 30
+
+
+def test_export_before_any_run():
+    request = Req("islands-export-empty")
+    out = by_id(islands().export(request=request))
+    assert out["export-files"]["visible"] is False and "press Run first" in plain(out["status"])
+    STORE.drop(request.session_hash)
+
+
+# stopping, restarting, and sessions that do not see each other
+
+
+def consume(gen):
+    """Drain a generator in a thread: (thread, outputs, first-output event)."""
+    outputs, first = [], threading.Event()
+
+    def loop():
+        for out in gen:
+            outputs.append(by_id(out))
+            first.set()
+        first.set()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread, outputs, first
+
+
+def start(request: Req, image, **changes):
+    tab = islands()
+    tab.begin(request=request)
+    prepared = by_id(tab.prepare(*islands_settings(image, **changes), request=request))
+    assert not is_error(prepared["status"]), prepared["status"]
+    return consume(tab.stream(request=request))
+
+
+def test_stop_ends_the_run_and_keeps_its_frames():
+    request = Req("islands-stop")
+    thread, outputs, first = start(request, example(), steps=2000)
+    assert first.wait(60) and outputs
+    time.sleep(0.5)
+    pressed = time.monotonic()
+    islands().stop(request=request)
+    thread.join(10)
+    latency = time.monotonic() - pressed
+    print(f"\nstop: the stream ended {latency:.2f} s after Stop")
+    assert not thread.is_alive() and latency < 5.0
+    record = STORE.peek(request.session_hash).run
+    assert record.status == "stopped" and record.frames and not record.live.alive
+    last = parse_status(outputs[-1]["status"])
+    assert last["lead"] == "stopped by you (everything recorded is kept)" and last["step"] < 2000
+    assert len(record.history()["step"]) == record.history()["step"][-1]  # nothing ran after the stop
+    assert by_id(islands().export(request=request))["export-files"]["value"]
+    _, again = run_islands(request, example(), steps=10)  # and the next run in this session works
+    assert parse_status(again[-1]["status"])["lead"] == "done"
+    STORE.drop(request.session_hash)
+
+
+def test_run_during_a_run_starts_the_new_one():
+    request = Req("islands-rerun")
+    old, old_outputs, first = start(request, example(), steps=2000)
+    assert first.wait(60)
+    _, stream = run_islands(request, example("house"), steps=10)  # Run again: begin stops the old run
+    old.join(10)
+    assert not old.is_alive() and "stopped" in plain(old_outputs[-1]["status"])
+    assert parse_status(stream[-1]["status"])["lead"] == "done" and parse_status(stream[-1]["status"])["total"] == 10
+    assert STORE.peek(request.session_hash).run.image_name == "house.png"
+    STORE.drop(request.session_hash)
+
+
+def test_stop_before_the_stream_starts():
+    request = Req("islands-stop-early")
+    tab = islands()
+    tab.begin(request=request)
+    tab.prepare(*islands_settings(example(), steps=20), request=request)
+    tab.stop(request=request)  # Stop while the run waits for its turn
+    assert [by_id(out) for out in tab.stream(request=request)] == [{"status": {"__type__": "update"}}]
+    assert STORE.peek(request.session_hash).run is None
+    STORE.drop(request.session_hash)
+
+
+def test_two_sessions_do_not_see_each_other(corpus):
+    a, b = Req("islands-session-a"), Req("islands-session-b")
+    thread_a, out_a, first_a = start(a, example(), steps=2000)
+    assert first_a.wait(60)
+    _, stream_b = run_islands(b, corpus["plain_jpeg"], steps=10)
+    islands().stop(request=a)  # stops A only
+    thread_a.join(10)
+    assert "stopped" in plain(out_a[-1]["status"]) and parse_status(stream_b[-1]["status"])["lead"] == "done"
+    sa, sb = STORE.peek(a.session_hash), STORE.peek(b.session_hash)
+    assert sa is not sb and sa.run is not sb.run and sa.folder != sb.folder
+    assert not np.array_equal(sa.run.input_small, sb.run.input_small)
+    STORE.drop(a.session_hash)
+    assert STORE.peek(a.session_hash) is None and not sa.folder.exists() and STORE.peek(b.session_hash) is sb
+    STORE.drop(b.session_hash)
+
+
+# bad inputs: one clear line (and a toast), and the next run still works
+
+BAD_IMAGES = {
+    "truncated_png": ("damaged",),
+    "truncated_jpeg": ("damaged",),
+    "empty": ("empty",),
+    "text_as_png": ("not an image",),
+    "png_signature_garbage": (),
+    "bomb_png": ("too many pixels",),
+    "bomb_moderate_png": ("8000 x 8000", "megapixels"),
+    "tiny_1x1": ("1 x 1", "at least"),
+    "strip_20000x20": ("20000 x 20", "elongated"),
+}
+BAD_FEATURES = {
+    "feat_2d_npy": ("(16, 16)", "(h, w, d)"),
+    "feat_4d_npy": ("(1, 16, 16, 8)", "(h, w, d)"),
+    "feat_nan_npy": ("NaN",),
+    "feat_object_npy": ("object",),
+    "feat_pickle_as_npy": ("not a NumPy .npy file",),
+    "feat_pickle_pt": ("not loaded for safety",),
+}
+
+
+def prepare_error(request: Req, image, **changes) -> str:
+    tab = islands()
+    tab.begin(request=request)
+    out = by_id(tab.prepare(*islands_settings(image, **changes), request=request))
+    assert set(out) == {"status"} and is_error(out["status"]), out
+    text = plain(out["status"])
+    assert "Traceback" not in text and len(text) < 400 and "/tmp/" not in text and "/work/" not in text, text
+    assert [by_id(out) for out in tab.stream(request=request)] == [{"status": {"__type__": "update"}}]  # nothing trains
+    return text
+
+
+@pytest.mark.parametrize("name", list(BAD_IMAGES))
+def test_bad_image_gives_a_clear_error(name, corpus):
+    text = prepare_error(Req("islands-bad"), corpus[name])
+    assert corpus[name].name in text  # the message names the file, not its server path
+    for word in BAD_IMAGES[name]:
+        assert word.lower() in text.lower(), text
+
+
+@pytest.mark.parametrize("name", list(BAD_FEATURES))
+def test_bad_feature_array_gives_a_clear_error(name, corpus, corpus_dir):
+    text = prepare_error(Req("islands-bad"), corpus["plain_jpeg"], teacher="file", features=corpus[name])
+    for word in BAD_FEATURES[name]:
+        assert word.lower() in text.lower(), text
+    assert not (corpus_dir / PICKLE_MARKER).exists(), "a hostile pickle was loaded"
+
+
+def test_missing_and_wrong_inputs(corpus):
+    request = Req("islands-bad")
+    assert "upload an image" in prepare_error(request, None)
+    assert "feature array" in prepare_error(request, corpus["plain_jpeg"], teacher="file")
+    assert "unknown teacher" in prepare_error(request, corpus["plain_jpeg"], teacher="alexnet")
+    assert "steps" in prepare_error(request, corpus["plain_jpeg"], steps=10**6)
+    assert "not a path on the server" in prepare_error(request, {"path": "/etc/hostname", "orig_name": "x.png"})
+
+
+def test_every_error_then_a_run(corpus):
+    """Every bad input in one session, then a good run: nothing is left broken behind an error."""
+    request = Req("islands-after-errors")
+    for name in BAD_IMAGES:
+        prepare_error(request, corpus[name])
+    for name in BAD_FEATURES:
+        prepare_error(request, corpus["plain_jpeg"], teacher="file", features=corpus[name])
+    _, stream = run_islands(request, corpus["plain_jpeg"], steps=10)
+    assert parse_status(stream[-1]["status"])["lead"] == "done"
+    STORE.drop(request.session_hash)
+
+
+@pytest.mark.parametrize("name", ["cmyk_jpeg", "gray16_png", "palette_alpha_png", "animated_gif", "exif_rotated_jpeg"])
+def test_unusual_images_work(name, corpus):
+    request = Req(f"islands-unusual-{name}")
+    prepared, stream = run_islands(request, corpus[name], steps=10)
+    assert prepared["input-small"].dtype == np.uint8 and prepared["input-small"].shape[2] == 3
+    assert parse_status(stream[-1]["status"])["lead"] == "done"
+    STORE.drop(request.session_hash)
+
+
+def test_own_features_and_the_target_follows_the_array(corpus, tmp_path):
+    request = Req("islands-own")
+    _, stream = run_islands(request, corpus["plain_jpeg"], teacher="file", features=corpus["feat_good_pt"], steps=10)
+    status = parse_status(stream[-1]["status"])
+    assert status["lead"] == "done" and "your features (16, 16, 8)" in status["text"]
+    vector = tmp_path / "cls.npy"
+    np.save(vector, np.random.default_rng(0).normal(size=32).astype(np.float32))
+    _, stream = run_islands(request, corpus["plain_jpeg"], teacher="file", features=vector, target="dense", steps=10)
+    record = STORE.peek(request.session_hash).run
+    assert record.experiment.target == "global"  # a (d,) array trains as a global target, whatever Target said
+    assert parse_status(stream[-1]["status"])["text"].count("global loss") == 1
+    STORE.drop(request.session_hash)
+
+
+def test_a_capped_run_says_it_was_cut_off(monkeypatch):
+    monkeypatch.setattr(islands_module, "LIMITS", replace(islands_module.LIMITS, max_run_seconds=1.5))
+    request = Req("islands-capped")
+    _, stream = run_islands(request, example(), steps=2000)
+    last = parse_status(stream[-1]["status"])
+    assert last["lead"] == "cut off at the 2 s limit for shared hardware" and last["step"] < 2000
+    assert "apm-error" in stream[-1]["status"]  # shown as a warning, not as "done"
+    STORE.drop(request.session_hash)
+
+
+def test_the_expected_time_is_said_before_a_slow_run():
+    tab = islands()
+    fast = by_id(tab.on_settings(*islands_settings(example())[:-1]))["expected"]
+    slow = by_id(tab.on_settings(*islands_settings(example(), preset="paper", teacher="dinov2:large-reg4",
+                                                   steps=300)[:-1]))["expected"]
+    assert fast.startswith("Expected time on this machine: about") and "cut off" not in fast
+    assert "min" in slow and "cut off after" in slow
+
+
+def test_teacher_change_updates_the_controls():
+    tab = islands()
+    own = by_id(tab.on_teacher("file", 11))
+    assert own["features-file"]["visible"] is True and own["random-weights"]["visible"] is False
+    assert own["layer"]["interactive"] is False and own["labels"]["visible"] is False
+    dino = by_id(tab.on_teacher("dinov2", 11))
+    assert dino["features-file"]["visible"] is False and dino["random-weights"]["visible"] is True
+    assert dino["layer"]["maximum"] == 11 and dino["layer"]["value"] == 11 and dino["clip-labels"]["visible"] is False
+    clip = by_id(tab.on_teacher("clip", 11))
+    assert clip["labels"]["visible"] is True and clip["clip-labels"]["visible"] is True
+    mvit = by_id(tab.on_teacher("mvit", 11))
+    assert mvit["layer"]["maximum"] == 15 and mvit["layer"]["value"] == 15
+
+
+def test_untrained_clip_labels_say_they_mean_nothing():
+    request = Req("islands-clip")
+    prepared, stream = run_islands(request, example(), teacher="clip", target="both", labels="face, house, car",
+                                   steps=10)
+    assert prepared["clip-labels"]["visible"] is True
+    assert "untrained teacher: these labels mean nothing" in prepared["clip-labels"]["value"]
+    assert "untrained teacher" in stream[-1]["apm-labels"] and "%" in stream[-1]["apm-labels"]
+    STORE.drop(request.session_hash)

@@ -1,0 +1,65 @@
+"""`python -m apm.bench` detects native bf16 and never times or trains in emulated bf16."""
+
+from __future__ import annotations
+
+import torch
+
+from apm import bench, device
+
+
+class Spy:
+    """Stands in for the timed functions: records what was asked, answers at once."""
+
+    def __init__(self):
+        self.matmuls: list[torch.dtype] = []
+        self.steps: list[str] = []
+
+    def matmul(self, dtype, n=2048, repeats=10):
+        self.matmuls.append(dtype)
+        return 100.0
+
+    def step(self, preset, grid, d, precision, steps):
+        self.steps.append(precision)
+        image, target = bench._synthetic(*grid, 8)
+        from apm.train import OverfitRun, TrainConfig
+
+        run = OverfitRun(image, target, TrainConfig(steps=1, precision=precision), "cpu")
+        return 0.01, run
+
+
+def figures(monkeypatch, native: bool) -> tuple[dict, Spy]:
+    spy = Spy()
+    monkeypatch.setattr(bench, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(bench, "matmul_gflops", spy.matmul)
+    monkeypatch.setattr(bench, "step_seconds", spy.step)
+    monkeypatch.setattr(bench, "resolve_device", lambda _: torch.device("cpu"))
+    out: dict = {}
+    bench.training_figures(lambda name, value, precision=None: out.__setitem__(name, (value, precision)))
+    return out, spy
+
+
+def test_without_native_bf16_nothing_runs_in_bf16(monkeypatch):
+    out, spy = figures(monkeypatch, native=False)
+    assert out["bf16_native"] == (0, None)
+    assert spy.matmuls == [torch.float32]  # no bf16 matmul is timed
+    assert "matmul_gflops_bf16" not in out and "cpu_preset_fp32_steps_per_s" not in out
+    assert all(p in (None, "fp32") for _, p in out.values())  # every figure says fp32
+    assert out["cpu_preset_steps_per_s"][1] == "fp32"
+
+
+def test_with_native_bf16_both_precisions_are_timed(monkeypatch):
+    out, spy = figures(monkeypatch, native=True)
+    assert out["bf16_native"] == (1, None)
+    assert spy.matmuls == [torch.float32, torch.bfloat16]
+    assert out["matmul_gflops_bf16"][1] == "bf16" and out["cpu_preset_steps_per_s"][1] == "bf16"
+    assert out["cpu_preset_fp32_steps_per_s"][1] == "fp32" and spy.steps[-1] == "fp32"
+
+
+def test_the_cpu_flag_is_read_not_assumed(tmp_path, monkeypatch):
+    device.cpu_has_fast_bf16.cache_clear()
+    try:
+        flags = open("/proc/cpuinfo").read()
+        assert device.cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    finally:
+        device.cpu_has_fast_bf16.cache_clear()
