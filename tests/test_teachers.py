@@ -500,3 +500,81 @@ def test_feature_validation(tmp_path):
     one = tmp_path / "one.pt"
     torch.save({"features": torch.zeros(4, 4, 3)}, one)
     assert load_feature_array(one).shape == (4, 4, 3)
+
+
+# every variant, offline, from a cache filled in the exact layout a download produces
+
+FILLED_LAYOUT = {  # teacher id -> (cache, repo or folder, file name): what the real download writes
+    "dinov2:vit_small_patch14_dinov2.lvd142m": ("hf", "timm/vit_small_patch14_dinov2.lvd142m", "model.safetensors"),
+    "dinov2:vit_base_patch14_dinov2.lvd142m": ("hf", "timm/vit_base_patch14_dinov2.lvd142m", "model.safetensors"),
+    "dinov2:vit_small_patch14_reg4_dinov2.lvd142m":
+        ("hf", "timm/vit_small_patch14_reg4_dinov2.lvd142m", "model.safetensors"),
+    "dinov2:vit_base_patch14_reg4_dinov2.lvd142m":
+        ("hf", "timm/vit_base_patch14_reg4_dinov2.lvd142m", "model.safetensors"),
+    "dinov2:vit_large_patch14_reg4_dinov2.lvd142m":
+        ("hf", "timm/vit_large_patch14_reg4_dinov2.lvd142m", "model.safetensors"),
+    "clip:ViT-B-16-quickgelu/openai": ("hf", "timm/vit_base_patch16_clip_224.openai", "open_clip_model.safetensors"),
+    "clip:ViT-B-32-quickgelu/openai": ("hf", "timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin"),
+    "clip:ViT-L-14-quickgelu/openai": ("hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors"),
+    "mvit:mvit_v2_s.kinetics400_v1": ("torch", "hub/checkpoints", "mvit_v2_s-ae3be167.pth"),
+}
+
+
+def _random_state(teacher_id: str) -> dict[str, torch.Tensor]:
+    """A state dict with the network's exact keys and shapes, random values (built on the meta device: cheap)."""
+    import open_clip
+    import timm
+    from torchvision.models.video import mvit_v2_s
+
+    name, model_id = teacher_id.split(":", 1)
+    if name == "clip":
+        net = open_clip.create_model(model_id.split("/")[0], pretrained=None, force_quick_gelu=True, device="meta")
+    else:
+        with torch.device("meta"):
+            net = timm.create_model(model_id, pretrained=False, num_classes=0) if name == "dinov2" else mvit_v2_s()
+    gen = torch.Generator().manual_seed(0)
+    return {k: torch.randn(v.shape, generator=gen) * 0.02 for k, v in net.state_dict().items()}
+
+
+def test_the_layout_table_covers_every_variant():
+    from apm.teachers import list_teachers, teacher_class
+
+    ids = {f"{name}:{model_id}" for name in list_teachers() for model_id in teacher_class(name).VARIANTS}
+    assert ids == set(FILLED_LAYOUT)
+
+
+@pytest.mark.parametrize("teacher_id", list(FILLED_LAYOUT))
+def test_every_variant_loads_offline_from_a_filled_cache(teacher_id, image, monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    cache, repo, filename = FILLED_LAYOUT[teacher_id]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    state = _random_state(teacher_id)
+    if cache == "hf":
+        snapshot = tmp_path / "hf" / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+        path = snapshot / filename
+    else:
+        path = tmp_path / "torch" / repo / filename
+        path.parent.mkdir(parents=True)
+    if filename.endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    name = teacher_id.split(":")[0]
+    assert "already cached" in download_weights([teacher_id])[0]
+
+    clear_model_cache()
+    teacher = create_teacher(teacher_id, layer=0, random_weights=False, device="cpu")
+    assert not teacher.info.random_weights and "untrained" not in teacher.info.label
+    out = teacher.encode(image, use_cache=False)  # block 0 only: the forward pass stops early
+    assert out.grid.shape == (*teacher.info.grid_shape, teacher.info.feature_dim) and np.isfinite(out.grid).all()
+    loaded = teacher.model.state_dict()
+    probe = {"dinov2": "patch_embed.proj.weight", "clip": "visual.conv1.weight", "mvit": "conv_proj.weight"}[name]
+    torch.testing.assert_close(loaded[probe].float(), state[probe])  # the file's weights, not a fresh init
+    clear_model_cache()
