@@ -135,10 +135,34 @@ def islands_figures(emit: Emit) -> None:
         emit(name, value)
 
 
+def experiment_figures(emit: Emit) -> None:
+    """The paper's experiments end to end: MViTv2's own islands at block 0 (a 56 x 56 grid) in the paper's view.
+
+    An untrained MViTv2-S (the time is the same as the trained one's): building it, one forward pass of the
+    16-frame still clip, and the paper's 3D t-SNE (perplexity 3, random start) of its middle frame's tokens.
+    """
+    from .islands import project, projection_config
+    from .teachers import create_teacher
+    from .teachers.base import clear_model_cache
+
+    clear_model_cache()
+    image, _ = _synthetic(2, 2, 1)  # a 256 x 256 image
+    start = time.perf_counter()
+    teacher = create_teacher("mvit", layer=0, random_weights=True, device="cpu")
+    grid = teacher.encode(image, use_cache=False).grid  # (56, 56, 96)
+    encoded = time.perf_counter()
+    project(grid, projection_config("paper"), full_fit=True)
+    done = time.perf_counter()
+    emit("mvit_teacher_islands_encode_s", encoded - start, "fp32")
+    emit("mvit_teacher_islands_project_s", done - encoded)
+    emit("mvit_teacher_islands_s", done - start, "fp32")
+
+
 SECTIONS: dict[str, Callable[[Emit], None]] = {
     "training": training_figures,
     "quality": quality_figures,
     "islands": islands_figures,
+    "experiments": experiment_figures,
 }
 
 

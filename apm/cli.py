@@ -1,4 +1,4 @@
-"""Command line: `python -m apm {overfit,teacher,interpolate,download} ...`.
+"""Command line: `python -m apm {overfit,islands,teacher,interpolate,download} ...`.
 
 Every user mistake (a missing file, a broken image, a wrong-shaped array) ends in one line on stderr and
 a non-zero exit code, never a traceback. Output files are written atomically, and an interrupted run
@@ -18,7 +18,12 @@ from typing import Sequence
 import numpy as np
 
 from .errors import APMError, InputError
-from .io import save_json, save_npz, write_atomic
+from .io import save_json, save_npz, save_png, write_atomic
+
+# kept in step with apm.recipes / apm.islands (checked by the tests) so that --help needs no torch import
+RECIPE_CHOICES = ("custom", "cls-ttt", "dense-distill", "teacher-islands")
+LR_SCHEDULE_CHOICES = ("constant", "step")
+PROJECTION_CHOICES = ("paper", "paper1d", "tsne2d", "tsne3d", "pca")
 
 log = logging.getLogger("apm")
 
@@ -46,8 +51,8 @@ def _add_teacher_args(p: argparse.ArgumentParser, required: bool = False) -> Non
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model and training preset")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--preset", default=None, choices=["cpu", "paper"], help="model and training preset (default: cpu)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's or preset's)")
     p.add_argument("--record-every", type=int, default=None, help="keep the feature grid every K steps")
     p.add_argument("--seed", type=int, default=None, help="initialisation seed")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
@@ -55,6 +60,25 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None, help="autocast precision")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    adv = p.add_argument_group("advanced training")
+    adv.add_argument("--rgb-weight", type=float, default=None, help="weight of the RGB loss (0: features only)")
+    adv.add_argument("--normalize-target", choices=["on", "off"], default=None,
+                     help="divide the target by its RMS so losses read as relative errors (default: on)")
+    adv.add_argument("--lr-schedule", choices=list(LR_SCHEDULE_CHOICES), default=None,
+                     help="constant, or step: x0.1 every 200 steps (the official test-time training)")
+    adv.add_argument("--init", choices=["torch", "normal"], default=None,
+                     help="torch defaults, or N(0, 0.01) for every weight (the official initialisation)")
+    adv.add_argument("--global-head", choices=["attention", "paper"], default=None,
+                     help="pooling head of a global target: attention (LayerNorm + projection) or paper")
+
+
+def _add_projection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("islands view")
+    g.add_argument("--projection", choices=list(PROJECTION_CHOICES), default=None,
+                   help="paper (3D t-SNE, perplexity 3, min-max RGB), paper1d, tsne2d, tsne3d or pca")
+    g.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity, 2 to 100 (default: the view's)")
+    g.add_argument("--metric", choices=["cosine", "euclidean"], default=None, help="t-SNE distance")
+    g.add_argument("--tsne-init", choices=["pca", "random"], default=None, help="t-SNE initialisation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,18 +88,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("overfit", help="overfit a fresh APM on one image against a target")
     p.add_argument("image", help="input image (PNG, JPEG, ...)")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--recipe", choices=list(RECIPE_CHOICES), default="custom",
+                   help="a named experiment that sets every control at once (flags given here still win): "
+                        "cls-ttt (islands from CLIP's image embedding alone, paper Fig. 3), dense-distill, custom")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--target", help="target features: .npy/.pt of shape (h, w, d) (dense) or (d,) (global)")
-    src.add_argument("--teacher", help="compute the target with a teacher: dinov2, clip or mvit")
+    src.add_argument("--teacher", help="compute the target with a teacher: dinov2, clip or mvit (or name:variant)")
     p.add_argument("--layer", type=int, default=None, help="teacher block index from 0 (default: the last)")
     p.add_argument("--variant", default=None, help="teacher model id, e.g. vit_base_patch14_dinov2.lvd142m")
     p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
-    p.add_argument(
-        "--target-kind", choices=["dense", "global", "both"], default="dense", help="with --teacher: what to fit"
-    )
+    p.add_argument("--target-kind", choices=["dense", "global", "both"], default=None,
+                   help="with a teacher: what to fit (default: the recipe's, dense for custom)")
     _add_training_args(p)
-    p.add_argument("--out", default="runs/overfit", help="output folder (run.npz, summary.json)")
+    _add_projection_args(p)
+    p.add_argument("--out", default="runs/overfit", help="output folder (run.npz, summary.json, islands.png)")
     p.set_defaults(func=cmd_overfit)
+
+    p = sub.add_parser("islands", help="the islands of one image: a teacher's layer (no APM), or a trained APM")
+    p.add_argument("image", help="input image (PNG, JPEG, ...)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--teacher", help="the teacher's own islands: mvit, dinov2 or clip (or name:variant)")
+    src.add_argument("--checkpoint", help="a trained APM's folder (apm fit, convert-official): one forward pass")
+    p.add_argument("--layer", type=int, default=None, help="teacher block index from 0 (default: the last)")
+    p.add_argument("--variant", default=None, help="teacher model id")
+    p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
+    _add_projection_args(p)
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda (with --checkpoint)")
+    p.add_argument("--out", required=True, help="output folder (islands.png, islands.npz)")
+    p.set_defaults(func=cmd_islands)
+
+    p = sub.add_parser("fit", help="distil one APM over a folder of images (torchrun for many processes)")
+    p.add_argument("images_dir", help="folder of images (searched recursively)")
+    p.add_argument("--teacher", default="dinov2", help="teacher id: dinov2, clip, mvit or name:variant")
+    p.add_argument("--layer", type=int, default=None, help="teacher block index from 0 (default: the last)")
+    p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="model preset")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=16, help="global batch size (split over torchrun's processes)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
+    p.add_argument("--rgb-weight", type=float, default=1.0, help="weight of the RGB loss")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="images held out for the validation fidelity")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes per training process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--log-every", type=int, default=10, help="a log.csv row every this many steps")
+    p.add_argument("--cache-dir", default=None, help="feature cache root (default: $APM_CACHE_DIR/fit)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint/, log.csv, fit.json")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("convert-official", help="convert the official APM code's checkpoint into this format")
+    p.add_argument("checkpoint", help="the official state_dict file (e.g. model_15.pth)")
+    p.add_argument("out", help="output checkpoint folder (config.json, model.safetensors)")
+    p.set_defaults(func=cmd_convert_official)
 
     p = sub.add_parser("teacher", help="dump a teacher's feature grid for an image")
     p.add_argument("image")
@@ -106,26 +172,57 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 
 
-def _train_config(args: argparse.Namespace):
-    from .train import train_config_for
+def _variant_id(args: argparse.Namespace) -> str | None:
+    """--teacher NAME with --variant ID as one teacher id (name:variant)."""
+    if args.teacher is None:
+        return None
+    if getattr(args, "variant", None):
+        if ":" in args.teacher:
+            raise InputError("give the variant once: --teacher NAME:VARIANT or --teacher NAME --variant VARIANT")
+        return f"{args.teacher}:{args.variant}"
+    return args.teacher
 
-    return train_config_for(
-        args.preset,
-        steps=args.steps,
-        record_every=args.record_every,
-        seed=args.seed,
-        lr=args.lr,
-        loss=args.loss,
-        precision=args.precision,
-        time_budget_s=args.time_budget,
-        device=args.device,
+
+def _experiment(args: argparse.Namespace, **fixed):
+    """The run's settings: the recipe's, then every flag the user gave."""
+    from .recipes import experiment
+
+    normalize = getattr(args, "normalize_target", None)
+    changes = dict(
+        layer=args.layer,
+        random_weights=True if getattr(args, "random_weights", False) else None,
+        preset=getattr(args, "preset", None),
+        steps=getattr(args, "steps", None),
+        lr=getattr(args, "lr", None),
+        lr_schedule=getattr(args, "lr_schedule", None),
+        seed=getattr(args, "seed", None),
+        record_every=getattr(args, "record_every", None),
+        rgb_weight=getattr(args, "rgb_weight", None),
+        feature_loss=getattr(args, "loss", None),
+        normalize_target=None if normalize is None else normalize == "on",
+        init=getattr(args, "init", None),
+        global_head=getattr(args, "global_head", None),
+        precision=getattr(args, "precision", None),
+        projection=getattr(args, "projection", None),
+        perplexity=getattr(args, "perplexity", None),
+        metric=getattr(args, "metric", None),
+        tsne_init=getattr(args, "tsne_init", None),
     )
+    changes.update(fixed)
+    return experiment(getattr(args, "recipe", None) or "custom", **changes)
 
 
-def _teacher(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace):
+    return _experiment(args).train_config(time_budget_s=args.time_budget, device=args.device or "auto")
+
+
+def _teacher(args: argparse.Namespace, teacher_id: str | None = None, random_weights: bool | None = None):
     from .teachers import create_teacher
 
-    return create_teacher(args.teacher, layer=args.layer, random_weights=args.random_weights or None, variant=args.variant)
+    teacher_id = teacher_id or _variant_id(args)
+    if random_weights is None:
+        random_weights = args.random_weights or None
+    return create_teacher(teacher_id, layer=args.layer, random_weights=random_weights)
 
 
 def _progress(total: int, desc: str):
@@ -168,33 +265,171 @@ def _run_training(run, desc: str):
 
 def cmd_overfit(args: argparse.Namespace) -> int:
     from .images import load_image
+    from .recipes import FILE_TEACHER
     from .train import OverfitRun, Target
 
+    if args.recipe == "teacher-islands":
+        raise InputError("the teacher-islands recipe trains no APM: use `python -m apm islands IMAGE --teacher ...`")
+    if args.target is None and args.teacher is None and args.recipe == "custom":
+        raise InputError("give --teacher NAME or --target FILE (or a --recipe that names a teacher)")
+    exp = _experiment(
+        args,
+        teacher=FILE_TEACHER if args.target is not None else _variant_id(args),
+        target=args.target_kind,
+    )
     image = load_image(args.image)
-    target_info: dict = {}
     if args.target is not None:
         from .teachers import load_feature_array
 
         target = Target.from_array(load_feature_array(args.target))
-        target_info = {"source": "file", "path": str(args.target)}
+        target_info: dict = {"source": "file", "path": str(args.target)}
     else:
-        teacher = _teacher(args)
+        teacher = _teacher(args, teacher_id=exp.teacher, random_weights=exp.random_weights)
         output = teacher.encode(image)
-        kind = args.target_kind
         target = Target(
-            grid=output.grid if kind in ("dense", "both") else None,
-            global_vector=output.global_vector if kind in ("global", "both") else None,
+            grid=output.grid if exp.target in ("dense", "both") else None,
+            global_vector=output.global_vector if exp.target in ("global", "both") else None,
         )
-        target_info = {"source": "teacher", "kind": kind, **asdict(output.info)}
-    config = _train_config(args)
-    run = OverfitRun(image, target, config, args.preset)
+        if target.grid is None and target.global_vector is None:
+            raise InputError(f"{output.info.label} gives no global vector: use --target-kind dense")
+        target_info = {"source": "teacher", "kind": exp.target, **asdict(output.info)}
+    config = exp.train_config(time_budget_s=args.time_budget, device=args.device or "auto")
+    run = OverfitRun(image, target, config, exp.model_config())
     live, interrupted = _run_training(run, "overfit")
     out = Path(args.out)
-    write_run(out, live, target_info, interrupted)
+    write_run(out, live, target_info, interrupted, recipe=exp.to_dict())
+    _write_islands(out, live.latest.features, exp.projection_config(), grid_shape=None)
     state = "interrupted" if interrupted else "done"
     print(f"{state}: {live.steps_done} steps, feature loss {live.history.feat_loss[-1]:.3e}, "
-          f"wrote {out / 'run.npz'} and {out / 'summary.json'}")
+          f"wrote {out / 'run.npz'}, {out / 'summary.json'} and {out / 'islands.png'}")
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+ISLANDS_MIN_SIDE = 448  # islands.png is enlarged (nearest neighbour) to at least this many pixels a side
+
+
+def _write_islands(out: Path, features: np.ndarray, config, grid_shape=None, extra: dict | None = None):
+    """islands.png (the grid of island colours, enlarged with nearest neighbour) and islands.npz."""
+    from PIL import Image
+
+    from .islands import project
+
+    projection = project(features, config, full_fit=True)
+    h, w = projection.grid_shape
+    colours = np.asarray(projection.image, dtype=np.float32)  # (h, w, 3) in [0, 1]
+    scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
+    picture = Image.fromarray((colours * 255 + 0.5).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+    save_png(out / "islands.png", picture)
+    save_npz(
+        out / "islands.npz",
+        embedding=np.asarray(projection.embedding, dtype=np.float32),  # (h*w, k)
+        colours=colours,  # (h, w, 3)
+        grid_shape=np.array([h, w], dtype=np.int64),
+        **(extra or {}),
+    )
+    return projection
+
+
+def cmd_islands(args: argparse.Namespace) -> int:
+    from .images import load_image
+
+    image = load_image(args.image)
+    out = Path(args.out)
+    if args.checkpoint is not None:
+        return _islands_from_checkpoint(args, image, out)
+    exp = _experiment(args, teacher=_variant_id(args), trains=False,
+                      projection=args.projection or "paper")
+    teacher = _teacher(args, teacher_id=exp.teacher, random_weights=exp.random_weights)
+    output = teacher.encode(image)
+    config = exp.projection_config()
+    projection = _write_islands(out, output.grid, config)
+    save_json(out / "summary.json", {
+        "command": "islands",
+        "teacher": asdict(output.info),
+        "projection": asdict(config),
+        "grid_shape": list(projection.grid_shape),
+        "kl_divergence": projection.kl_divergence,
+        "environment": _environment(),
+    })
+    h, w = projection.grid_shape
+    print(f"wrote {out / 'islands.png'} and {out / 'islands.npz'}: {h} x {w} islands of {output.info.label}")
+    return 0
+
+
+def _environment() -> dict:
+    from .io import environment_record
+
+    return environment_record()
+
+
+def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
+    """A trained APM's islands of a new image: one forward pass, no training."""
+    from PIL import Image
+
+    from .checkpoint import read_config
+    from .device import resolve_device
+    from .fit import CHECKPOINT, predict
+    from .model import APM
+    from .recipes import experiment
+
+    if args.teacher is not None or args.layer is not None:
+        raise InputError("--checkpoint decodes the trained APM alone: drop --teacher / --layer")
+    folder = Path(args.checkpoint)
+    if (folder / CHECKPOINT).is_dir() and not (folder / "config.json").is_file():
+        folder = folder / CHECKPOINT  # a run folder of `apm fit`
+    read_config(folder)  # one clear line for a folder that is not a checkpoint, before any work
+    device = resolve_device(args.device or "auto")
+    apm = APM.from_pretrained(folder, device=device)
+    features, rgb = predict(apm, image, device)  # (h, w, d), (h, w, 3)
+    exp = experiment("custom", projection=args.projection or "paper", perplexity=args.perplexity,
+                     metric=args.metric, tsne_init=args.tsne_init)
+    config = exp.projection_config()
+    projection = _write_islands(out, features, config)
+    write_atomic(out / "features.npy", lambda tmp: np.save(tmp, features.astype(np.float32)))
+    h, w = projection.grid_shape
+    colours = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
+    save_png(out / "rgb.png", Image.fromarray(colours).resize((w * scale, h * scale), Image.NEAREST))
+    save_json(out / "summary.json", {
+        "command": "islands",
+        "checkpoint": str(folder),
+        "meta": getattr(apm, "meta", {}),
+        "projection": asdict(config),
+        "grid_shape": [h, w],
+        "environment": _environment(),
+    })
+    print(f"wrote {out / 'islands.png'}, {out / 'islands.npz'}, {out / 'rgb.png'} and {out / 'features.npy'}: "
+          f"{h} x {w} islands of the APM in {folder} (one forward pass)")
+    return 0
+
+
+def cmd_convert_official(args: argparse.Namespace) -> int:
+    from .official import convert_official
+
+    apm = convert_official(args.checkpoint, args.out)
+    h, w = apm.config.grid
+    print(f"wrote {Path(args.out)}: the official APM ({apm.folded_state().param_count / 1e6:.1f} M parameters, "
+          f"{h} x {w} grid, RGB input min-max scaled in the model); load it with APM.from_pretrained or "
+          f"`python -m apm islands IMAGE --checkpoint {args.out}`")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .fit import FitConfig, fit
+
+    config = FitConfig(
+        teacher=args.teacher, layer=args.layer, random_weights=True if args.random_weights else None,
+        preset=args.preset, epochs=args.epochs, batch=args.batch, lr=args.lr, rgb_weight=args.rgb_weight,
+        val_fraction=args.val_fraction, workers=args.workers, seed=args.seed, precision=args.precision,
+        device=args.device, log_every=args.log_every, cache_dir=args.cache_dir,
+    )
+    result = fit(args.images_dir, args.out, config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = result.val_fidelity[-1] if result.val_fidelity else float("nan")
+        print(f"done: {result.epochs_done} epochs, {result.steps} steps over {result.images} images "
+              f"({result.skipped} skipped, {result.cache_hits} cached, {result.cache_computed} computed), "
+              f"validation fidelity {val:.4f}, {result.images_per_s:.1f} images/s; wrote {Path(args.out) / 'checkpoint'}")
+    return 0
 
 
 def write_run(out: Path, live, target_info: dict, interrupted: bool = False, recipe: dict | None = None) -> None:
@@ -273,7 +508,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         teacher = _teacher(args)
         grids = [teacher.encode(im).grid for im in images]
         source = {"source": "teacher", **asdict(teacher.info)} if hasattr(teacher, "info") else {"source": "teacher"}
-    run = train_pair(images, grids, _train_config(args), args.preset)
+    run = train_pair(images, grids, _train_config(args), _experiment(args).model_config())
     live, interrupted = _run_training(run, "interpolate")
     alphas = np.linspace(0.0, 1.0, args.frames, dtype=np.float32)
     out = Path(args.out)

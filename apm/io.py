@@ -46,6 +46,11 @@ def _json_default(obj):
     return str(obj)
 
 
+def save_png(path: Path, image: Image.Image) -> None:
+    """A PNG, written atomically."""
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def save_gif(path: Path, frames: Sequence[Image.Image], duration_ms: int = 120) -> None:
     """An animated GIF that plays forward then back, written atomically."""
     loop = list(frames) + list(frames[-2:0:-1])

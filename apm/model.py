@@ -267,6 +267,21 @@ class APM(nn.Module):
                 for param in self.parameters():
                     param.normal_(0.0, 0.01)
 
+    # on disk: safetensors + JSON (apm.checkpoint)
+
+    def save_pretrained(self, folder, meta: dict | None = None):
+        """Write config.json and model.safetensors to `folder` (atomically); returns the folder."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, folder, meta if meta is not None else getattr(self, "meta", None))
+
+    @classmethod
+    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> "APM":
+        """The APM saved in `folder` (by `save_pretrained`, `apm fit` or `apm convert-official`), in eval mode."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(folder, device)
+
     # folded -> unfolded
 
     def trigger_column(self, images: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,8 @@ def test_error_paths_are_one_line(files, kind, capsys):
 
 
 def test_usage_errors_are_one_line(files):
-    for argv in (["overfit", str(files["image"])], ["overfit", str(files["image"]), "--target", "x", "--steps", "many"]):
+    for argv in (["overfit", str(files["image"]), "--recipe", "nope"],
+                 ["overfit", str(files["image"]), "--target", "x", "--steps", "many"]):
         proc = subprocess.run([sys.executable, "-m", "apm", *argv], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
@@ -157,3 +158,112 @@ def test_missing_weights_offline_is_one_clear_line(files, tmp_path):
         assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr
         assert "vit_small_patch14_dinov2" in lines[0] and "python -m apm download dinov2" in lines[0]
         assert str(tmp_path / "hf") in lines[0]
+
+
+# recipes, the advanced flags, the islands command
+
+
+def test_cls_ttt_recipe_drops_the_loss_by_1e8(files):
+    """The paper's Fig. 3 setting: CLIP's image embedding alone, RGB weight 0, lr 1e-4, 250 steps, fp32."""
+    out = files["dir"] / "cls"
+    code = main(["overfit", str(files["image"]), "--teacher", "clip", "--random-weights", "--recipe", "cls-ttt",
+                 "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    train, model = summary["config"]["train"], summary["config"]["model"]
+    assert train["rgb_weight"] == 0.0 and train["lr"] == 1e-4 and train["steps"] == 250
+    assert train["lr_decay_every"] == 200 and train["lr_decay"] == 0.1 and summary["autocast"] == "fp32"
+    assert summary["target"]["kind"] == "global" and model["global_head"] == "paper"
+    assert summary["recipe"]["recipe"] == "cls-ttt" and summary["recipe"]["projection"] == "paper"
+    assert summary["steps_done"] == 250
+    assert summary["first_feat_loss"] / summary["final_feat_loss"] >= 1e8
+    run = np.load(out / "run.npz")
+    assert "global_vector" in run and np.isnan(run["curve_global_loss"]).sum() == 0
+    islands = np.load(out / "islands.npz")
+    colours = islands["colours"]  # the paper view: a min-max of a 3D embedding, straight to RGB
+    assert islands["embedding"].shape == (colours.shape[0] * colours.shape[1], 3)
+    np.testing.assert_allclose(colours.reshape(-1, 3).min(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(colours.reshape(-1, 3).max(0), 1.0, atol=1e-6)
+
+
+def test_advanced_flags_reach_the_run_and_the_summary(files):
+    out = files["dir"] / "adv"
+    code = main(["overfit", str(files["image"]), "--target", str(files["dense"]), "--steps", "4", "--rgb-weight", "0.25",
+                 "--normalize-target", "off", "--loss", "cosine", "--lr-schedule", "step", "--init", "normal",
+                 "--projection", "tsne3d", "--perplexity", "7", "--metric", "euclidean", "--tsne-init", "random",
+                 "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    train, model, exp = summary["config"]["train"], summary["config"]["model"], summary["recipe"]
+    assert train["rgb_weight"] == 0.25 and train["normalize_target"] is False and train["loss"] == "cosine"
+    assert train["lr_decay_every"] == 200 and model["init"] == "normal"
+    assert exp["projection"] == "tsne3d" and exp["perplexity"] == 7 and exp["metric"] == "euclidean"
+    assert exp["tsne_init"] == "random" and exp["teacher"] == "file"
+    assert np.load(out / "islands.npz")["embedding"].shape == (36, 3)
+    env = summary["environment"]["packages"]
+    assert env["torch"] and env["numpy"] and summary["seed"] == 0
+
+
+def test_same_recipe_and_seed_give_the_same_losses(files):
+    losses = []
+    for name in ("a", "b"):
+        out = files["dir"] / name
+        assert main(["overfit", str(files["image"]), "--teacher", "dinov2", "--random-weights", "--recipe",
+                     "dense-distill", "--steps", "6", "--seed", "3", "--precision", "fp32", "--out", str(out)]) == 0
+        losses.append(np.load(out / "run.npz")["curve_feat_loss"])
+    np.testing.assert_array_equal(losses[0], losses[1])
+
+
+def test_teacher_islands_command_files(files, capsys):
+    out = files["dir"] / "isl"
+    code = main(["islands", str(files["image"]), "--teacher", "dinov2", "--layer", "2", "--random-weights",
+                 "--projection", "tsne2d", "--perplexity", "5", "--out", str(out)])
+    assert code == 0
+    data = np.load(out / "islands.npz")
+    assert list(data["grid_shape"]) == [16, 16] and data["embedding"].shape == (256, 2)
+    assert data["colours"].shape == (16, 16, 3) and 0 <= data["colours"].min() and data["colours"].max() <= 1
+    picture = np.asarray(Image.open(out / "islands.png"))
+    assert picture.shape == (448, 448, 3)  # nearest-neighbour enlargement: 28 x 28 pixels per location
+    np.testing.assert_array_equal(picture[::28, ::28], (data["colours"] * 255 + 0.5).astype(np.uint8))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher"]["layer"] == 2 and summary["projection"]["perplexity"] == 5
+    assert "16 x 16 islands" in capsys.readouterr().out
+
+
+def test_islands_paper_view_is_the_default(files):
+    out = files["dir"] / "paper"
+    assert main(["islands", str(files["image"]), "--teacher", "clip", "--layer", "0", "--random-weights",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["projection"]["perplexity"] == 3 and summary["projection"]["init"] == "random"
+    assert summary["projection"]["dim"] == 3 and summary["projection"]["colouring"] == "minmax"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--teacher", "mvit", "--layer", "99"], "layer 99"),
+    (["--teacher", "dinov3"], "unknown teacher"),
+    (["--teacher", "dinov2", "--perplexity", "500"], "perplexity must be between 2 and 100"),
+    (["--checkpoint", "{dir}/no-such-run"], "checkpoint"),
+])
+def test_islands_errors_are_one_line(files, argv, message, capsys):
+    argv = [a.format(dir=files["dir"]) for a in argv]
+    code = main(["islands", str(files["image"]), *argv, "--random-weights", "--out", str(files["dir"] / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (files["dir"] / "e" / "islands.png").exists()
+
+
+def test_recipe_errors(files, capsys):
+    assert main(["overfit", str(files["image"]), "--recipe", "teacher-islands", "--out", str(files["dir"] / "x")]) == 1
+    assert "apm islands" in capsys.readouterr().err
+    assert main(["overfit", str(files["image"]), "--out", str(files["dir"] / "x")]) == 1
+    assert "--teacher" in capsys.readouterr().err
+
+
+def test_cli_choices_match_the_library():
+    from apm.cli import LR_SCHEDULE_CHOICES, PROJECTION_CHOICES, RECIPE_CHOICES
+    from apm.islands import PROJECTIONS
+    from apm.recipes import LR_SCHEDULES, RECIPES
+
+    assert set(RECIPE_CHOICES) == set(RECIPES) and set(PROJECTION_CHOICES) == set(PROJECTIONS)
+    assert set(LR_SCHEDULE_CHOICES) == set(LR_SCHEDULES)

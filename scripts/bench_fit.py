@@ -1,0 +1,138 @@
+"""Dataset training figures: data-pipeline throughput, fidelity and islands on synthetic scenes, one-pass time.
+
+    python scripts/bench_fit.py [--scenes 80] [--held-out 16] [--epochs 30] [--teacher dinov2 --layer 11]
+                                [--random-weights] [--workers 1] [--out runs/bench_fit]
+
+Prints `name value` lines:
+- train_images_per_s_pure: the `cpu` preset at batch 16 on tensors already in memory (no data pipeline);
+- fit_images_per_s, fit_vs_pure_ratio: `apm.fit` at batch 16 reading the feature cache through a DataLoader;
+- val_fidelity: mean cosine similarity to the teacher on the validation split after training;
+- heldout_ari_apm: on held-out scenes, one forward pass of the trained APM, its features clustered into as many
+  islands as the scene has wholes (+ background), adjusted Rand index against the known wholes;
+- heldout_ari_teacher: the same clustering of the teacher's own features (what the APM can at best inherit);
+- onepass_s_cpu, onepass_s_paper: one forward pass of an APM of each preset on one image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from make_scenes import labels_at, make_scene  # noqa: E402
+
+from apm.fit import FitConfig, fit, predict  # noqa: E402
+from apm.model import APM, MODEL_PRESETS, model_config_for  # noqa: E402
+
+
+def write_scenes(folder: Path, n: int, seed: int) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    wholes = []
+    for i in range(n):
+        picture, whole, _ = make_scene(rng)
+        picture.save(folder / f"scene_{i:03d}.png")
+        wholes.append(whole)
+    return wholes
+
+
+def ari(features: np.ndarray, wholes: np.ndarray) -> float:
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import adjusted_rand_score
+
+    h, w, d = features.shape
+    labels = labels_at(wholes, h, w).ravel()
+    x = features.reshape(h * w, d)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    found = AgglomerativeClustering(len(np.unique(labels)), linkage="ward").fit_predict(x)
+    return float(adjusted_rand_score(labels, found))
+
+
+def pure_rate(config, batch: int = 16, steps: int = 20) -> float:
+    torch.manual_seed(0)
+    model = APM(config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    H, W = config.image_size
+    h, w = config.grid
+    images, target, rgb = torch.rand(batch, 3, H, W), torch.randn(batch, h, w, config.feature_dim), torch.rand(batch, h, w, 3)
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        out = model(images)
+        loss = F.mse_loss(out.features, target) + F.mse_loss(out.rgb, rgb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def onepass_seconds(preset: str, feature_dim: int, repeats: int = 3) -> float:
+    config = model_config_for(preset, feature_dim=feature_dim)
+    model = APM(config).eval()
+    image = Image.new("RGB", (448, 448), (120, 80, 40))
+    predict(model, image)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict(model, image)
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=80, help="scenes in all (training + validation + held out)")
+    parser.add_argument("--held-out", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--teacher", default="dinov2")
+    parser.add_argument("--layer", type=int, default=None)
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench_fit_"))
+    write_scenes(root / "train", args.scenes - args.held_out, seed=0)
+    held_wholes = write_scenes(root / "heldout", args.held_out, seed=1)
+    config = FitConfig(teacher=args.teacher, layer=args.layer, random_weights=args.random_weights or None,
+                       epochs=args.epochs, batch=16, workers=args.workers, val_fraction=0.2, lr=args.lr, seed=0)
+    result = fit(root / "train", root / "run", config, progress=False)
+    fit_rate = result.images_per_s  # this run built the cache first: the rate is of training alone
+
+    apm = APM.from_pretrained(root / "run" / "checkpoint")
+    pure = pure_rate(apm.config)
+    from apm.teachers import create_teacher
+
+    teacher = create_teacher(args.teacher, layer=apm.meta["layer"], random_weights=args.random_weights or None)
+    aris_apm, aris_teacher = [], []
+    for i, wholes in enumerate(held_wholes):
+        image = Image.open(root / "heldout" / f"scene_{i:03d}.png").convert("RGB")
+        features, _ = predict(apm, image)
+        aris_apm.append(ari(features, wholes))
+        aris_teacher.append(ari(teacher.encode(image).grid, wholes))
+
+    print(f"teacher {apm.meta['teacher_label']}")
+    print(f"train_images {result.images}")
+    print(f"val_images {result.val_images}")
+    print(f"heldout_scenes {len(held_wholes)}")
+    print(f"epochs {result.epochs_done}")
+    print(f"train_images_per_s_pure {pure:.1f}")
+    print(f"fit_images_per_s {fit_rate:.1f}")
+    print(f"fit_vs_pure_ratio {fit_rate / pure:.3f}")
+    print(f"val_fidelity {result.val_fidelity[-1]:.4f}")
+    print(f"heldout_ari_apm {np.mean(aris_apm):.3f}")
+    print(f"heldout_ari_teacher {np.mean(aris_teacher):.3f}")
+    print(f"onepass_s_cpu {onepass_seconds('cpu', apm.config.feature_dim):.3f}")
+    print(f"onepass_s_paper {onepass_seconds('paper', MODEL_PRESETS['paper'].feature_dim):.3f}")
+
+
+if __name__ == "__main__":
+    main()
