@@ -21,7 +21,7 @@ from .errors import APMError, InputError
 from .io import save_json, save_npz, save_png, write_atomic
 
 # kept in step with apm.recipes / apm.islands (checked by the tests) so that --help needs no torch import
-RECIPE_CHOICES = ("custom", "cls-ttt", "dense-distill", "teacher-islands")
+RECIPE_CHOICES = ("custom", "cls-ttt", "dense-distill", "trained-apm", "teacher-islands")
 LR_SCHEDULE_CHOICES = ("constant", "step")
 PROJECTION_CHOICES = ("paper", "paper1d", "tsne2d", "tsne3d", "pca")
 
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
     p.add_argument("--target-kind", choices=["dense", "global", "both"], default=None,
                    help="with a teacher: what to fit (default: the recipe's, dense for custom)")
+    p.add_argument("--checkpoint", default=None,
+                   help="start from a trained APM (folder, or hf:ORG/REPO): test-time training; its teacher and "
+                        "layer are the default")
     _add_training_args(p)
     _add_projection_args(p)
     p.add_argument("--out", default="runs/overfit", help="output folder (run.npz, summary.json, islands.png)")
@@ -270,12 +273,26 @@ def cmd_overfit(args: argparse.Namespace) -> int:
 
     if args.recipe == "teacher-islands":
         raise InputError("the teacher-islands recipe trains no APM: use `python -m apm islands IMAGE --teacher ...`")
-    if args.target is None and args.teacher is None and args.recipe == "custom":
+    trained = None
+    if args.checkpoint:
+        from .checkpoint import resolve_checkpoint
+        from .model import APM
+
+        trained = APM.from_pretrained(resolve_checkpoint(args.checkpoint))
+        meta = trained.meta
+        if args.target is None and args.teacher is None and meta.get("teacher"):
+            args.teacher = meta["teacher"]
+            args.layer = meta.get("layer") if args.layer is None else args.layer
+            args.random_weights = args.random_weights or bool(meta.get("random_weights"))
+    elif args.recipe == "trained-apm":
+        raise InputError("the trained-apm recipe starts from a trained APM: give --checkpoint DIR")
+    if args.target is None and args.teacher is None and args.recipe in ("custom", "trained-apm"):
         raise InputError("give --teacher NAME or --target FILE (or a --recipe that names a teacher)")
     exp = _experiment(
         args,
         teacher=FILE_TEACHER if args.target is not None else _variant_id(args),
         target=args.target_kind,
+        checkpoint=str(args.checkpoint or ""),
     )
     image = load_image(args.image)
     if args.target is not None:
@@ -294,7 +311,12 @@ def cmd_overfit(args: argparse.Namespace) -> int:
             raise InputError(f"{output.info.label} gives no global vector: use --target-kind dense")
         target_info = {"source": "teacher", "kind": exp.target, **asdict(output.info)}
     config = exp.train_config(time_budget_s=args.time_budget, device=args.device or "auto")
-    run = OverfitRun(image, target, config, exp.model_config())
+    if trained is not None:
+        if target.grid is None:
+            raise InputError("test-time training from a checkpoint needs a dense target (--target-kind dense)")
+        run = OverfitRun(image, target, config, init=trained, target_scale=trained.meta.get("feature_scale"))
+    else:
+        run = OverfitRun(image, target, config, exp.model_config())
     live, interrupted = _run_training(run, "overfit")
     out = Path(args.out)
     write_run(out, live, target_info, interrupted, recipe=exp.to_dict())

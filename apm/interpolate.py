@@ -88,3 +88,34 @@ def save_interpolation(out: Path, run: OverfitRun, alphas: np.ndarray) -> dict[s
     save_npz(out / "interpolation.npz", **arrays)
     save_gif(out / "interpolation.gif", walk_frames(rgb, islands))
     return arrays
+
+
+def walk_trained(apm, images: Sequence[Image.Image], alphas: Sequence[float] | np.ndarray,
+                 chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A trained APM (no training): its trigger columns of two images mixed, (1 - alpha) a + alpha b, and decoded.
+
+    Returns features (F, h, w, d) in the teacher's units (the checkpoint's `feature_scale`), colours
+    (F, h, w, 3) and each image's own decoding's colours (2, h, w, 3).
+    """
+    import torch
+
+    from .images import image_to_tensor
+
+    if len(images) != 2:
+        raise InputError("a walk needs exactly two images")
+    alphas = np.asarray(alphas, dtype=np.float32)
+    if alphas.ndim != 1 or alphas.size < 2:
+        raise InputError("give at least two alphas")
+    h, w = apm.config.grid
+    scale = float((getattr(apm, "meta", None) or {}).get("feature_scale", 1.0))
+    device = next(apm.parameters()).device
+    with torch.no_grad():
+        x = torch.stack([image_to_tensor(im, apm.config.image_size) for im in images]).to(device)  # (2, 3, H, W)
+        columns = apm.trigger_column(x)  # (2, column_dim)
+        a = torch.from_numpy(alphas).to(device)[:, None]
+        mixed = (1 - a) * columns[0] + a * columns[1]  # (F, column_dim)
+        features, rgb = apm.decode(mixed, chunk_size=chunk_size)  # (F, h*w, d), (F, h*w, 3)
+        _, own = apm.decode(columns, chunk_size=chunk_size)
+    n = len(alphas)
+    return (features.float().reshape(n, h, w, -1).cpu().numpy() * scale,
+            rgb.float().reshape(n, h, w, 3).cpu().numpy(), own.float().reshape(2, h, w, 3).cpu().numpy())

@@ -57,6 +57,7 @@ class Experiment:
     perplexity: float | None = None  # t-SNE perplexity (2-100); None: the view's
     metric: str | None = None  # cosine or euclidean; None: the view's
     tsne_init: str | None = None  # pca or random; None: the view's
+    checkpoint: str = ""  # a trained APM to start from (test-time training from a checkpoint); "": a fresh APM
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -152,6 +153,13 @@ RECIPES: dict[str, Recipe] = {
         "fidelity map shows where it still disagrees with the teacher.",
         {"teacher": "dinov2", "target": "dense", "rgb_weight": 1.0, "global_head": "attention",
          "lr_schedule": "constant", "projection": "tsne2d"},
+    ),
+    "trained-apm": Recipe(
+        "trained-apm", "A trained APM: islands in one pass, then test-time training",
+        "Choose a trained APM (a checkpoint from `apm fit`, the Hub, or the official one converted): your image's "
+        "islands appear from one forward pass, with no training. Run then continues training it on this one image "
+        "from the trained weights, so you see what the trained model already knew and what one image adds.",
+        {"target": "dense", "lr": 1e-4, "steps": 100, "projection": "tsne2d"},
     ),
     "teacher-islands": Recipe(
         "teacher-islands", "The teacher's own islands (no APM)",

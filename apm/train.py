@@ -157,7 +157,15 @@ class OverfitRun:
         target: Target | np.ndarray,
         config: TrainConfig = TrainConfig(),
         model_config: ModelConfig | str = "cpu",
+        *,
+        init: "APM | None" = None,
+        target_scale: float | None = None,
     ):
+        """`init`: start from a trained APM's weights (test-time training from a checkpoint); its config is the
+        model config, and the target must fit it. `target_scale`: divide the dense target by this instead of its
+        own RMS (a checkpoint's training-set scale, so its outputs keep their meaning)."""
+        if init is not None:
+            model_config = init.config
         config.validate()
         self.config = config
         pil_images, self.single = _as_images(images)
@@ -201,9 +209,23 @@ class OverfitRun:
         self.global_target = None if glob is None else torch.from_numpy(glob / self.global_scale).to(self.device)
 
         # seeded initialisation without touching the caller's global RNG state
+        if init is not None:
+            if (self.model_config.grid, self.model_config.feature_dim) != (init.config.grid, init.config.feature_dim):
+                raise InputError(
+                    f"the target is a {self.model_config.grid[0]} x {self.model_config.grid[1]} x "
+                    f"{self.model_config.feature_dim} grid; the trained APM decodes "
+                    f"{init.config.grid[0]} x {init.config.grid[1]} x {init.config.feature_dim}")
+            if target_scale and grid is not None:
+                self.grid_scale = float(target_scale)
+                self.grid_target = torch.from_numpy(grid / self.grid_scale).to(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = APM(self.model_config).to(self.device)
+        if init is not None:
+            missing, unexpected = self.model.load_state_dict(init.state_dict(), strict=False)
+            if unexpected or any(not k.startswith("global_head.") for k in missing):
+                raise InputError(f"the trained APM's weights do not fit this run: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}")
         fused = self.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=fused)
         self.scheduler = (

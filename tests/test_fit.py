@@ -182,3 +182,53 @@ def test_islands_from_a_checkpoint(folder, env, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (env / "e").exists()
+
+
+def test_test_time_training_starts_from_the_checkpoint(folder, env):
+    """OverfitRun(init=trained APM) continues from its weights: on the grid the checkpoint itself decodes, its
+    first loss is about zero, where a fresh APM's is of order one."""
+    from apm.fit import predict
+    from apm.model import APM
+    from apm.train import OverfitRun, Target, TrainConfig
+
+    fit(folder, env / "run", config(epochs=1), progress=False)
+    apm = APM.from_pretrained(env / "run" / "checkpoint")
+    image = Image.open(sorted(folder.rglob("*.png"))[1]).convert("RGB")
+    grid, _ = predict(apm, image)  # (16, 16, 384) in the teacher's units
+    steps = TrainConfig(steps=3, precision="fp32", lr=1e-4)
+    warm = list(OverfitRun(image, Target(grid=grid), steps, init=apm, target_scale=apm.meta["feature_scale"]))
+    fresh = list(OverfitRun(image, Target(grid=grid), steps, apm.config))
+    assert warm[0].feat_loss < 1e-8 and fresh[0].feat_loss > 1e-3
+    with pytest.raises(InputError, match="decodes"):
+        OverfitRun(image, Target(grid=grid[:8, :8]), steps, init=apm)
+
+
+def test_checkpoint_sources(env, tmp_path, monkeypatch):
+    from apm.checkpoint import list_checkpoints, resolve_checkpoint
+    from apm.model import APM, model_config_for
+
+    root = tmp_path / "checkpoints"
+    APM(model_config_for("cpu", grid=(4, 4), feature_dim=8)).save_pretrained(root / "tiny")
+    (root / "notes").mkdir()
+    monkeypatch.setenv("APM_CHECKPOINTS_DIR", str(root))
+    assert [p.name for p in list_checkpoints()] == ["tiny"]
+    assert resolve_checkpoint("tiny") == root / "tiny" and resolve_checkpoint(str(root / "tiny")) == root / "tiny"
+    with pytest.raises(InputError, match="not found"):
+        resolve_checkpoint("nothing-here")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(InputError, match="not in the local Hub cache"):
+        resolve_checkpoint("hf:someone/apm-checkpoint")
+
+
+def test_cli_overfit_from_a_checkpoint(folder, env, capsys):
+    fit(folder, env / "run", config(epochs=1), progress=False)
+    image = sorted(folder.rglob("*.png"))[0]
+    out = env / "ttt"
+    assert main(["overfit", str(image), "--recipe", "trained-apm", "--checkpoint", str(env / "run" / "checkpoint"),
+                 "--steps", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"]["checkpoint"].endswith("checkpoint") and summary["config"]["train"]["lr"] == 1e-4
+    assert summary["target"]["layer"] == 0 and summary["target"]["random_weights"] is True  # the checkpoint's
+    assert main(["overfit", str(image), "--recipe", "trained-apm", "--out", str(out)]) == 1
+    assert "--checkpoint" in capsys.readouterr().err
