@@ -698,3 +698,106 @@ def whole_to_part(
         n_islands=_readonly(np.array([m.n_islands for m in metrics], dtype=np.int64)),
         n_connected=_readonly(np.array([m.n_connected for m in metrics], dtype=np.int64)),
     )
+
+
+# pointing at a location, and the part-whole tree
+
+
+def agreement_map(features: np.ndarray, location: tuple[int, int]) -> np.ndarray:
+    """Cosine similarity of the vector at `location` (i, j) to every location's vector: (h, w) float32 in [-1, 1].
+
+    The clicked location's own value is exactly 1 (a zero vector agrees with nothing: 0 everywhere)."""
+    grid = _check_grid(features)
+    h, w, d = grid.shape
+    i, j = int(location[0]), int(location[1])
+    if not (0 <= i < h and 0 <= j < w):
+        raise InputError(f"location ({i}, {j}) is outside the {h} x {w} grid")
+    y = _normalise(grid.reshape(h * w, d))  # (n, d)
+    sims = np.clip(y @ y[i * w + j], -1.0, 1.0).reshape(h, w).astype(np.float32)
+    if np.any(y[i * w + j]):
+        sims[i, j] = 1.0
+    return _readonly(sims)
+
+
+def column_agreement(grids: Sequence[np.ndarray], location: tuple[int, int]) -> np.ndarray:
+    """A location's column across levels: at each grid (one per layer), the mean cosine similarity of its vector
+    to its 8 neighbours' (how strongly it agrees with the island around it). (n_levels,) float32."""
+    out = []
+    for grid in grids:
+        sims = agreement_map(grid, location)
+        h, w = sims.shape
+        i, j = int(location[0]), int(location[1])
+        block = sims[max(0, i - 1):i + 2, max(0, j - 1):j + 2]
+        out.append((float(block.sum()) - 1.0) / max(block.size - 1, 1))
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    """One segment of the part-whole tree: the locations of one island at one level of detail."""
+
+    id: str  # 'L2.3': level 2, island 3
+    parent: str  # '' for the root
+    level: int  # 0: the whole image; 1.. finer
+    size: int  # locations in it
+    mask: np.ndarray  # (h, w) bool
+    colour: tuple[float, float, float] | None = None  # the mean island colour of its locations, when given
+
+
+@dataclass(frozen=True)
+class PartWholeTree:
+    levels: tuple[int, ...]  # the number of islands asked for at each level, coarse to fine
+    nodes: tuple[TreeNode, ...]  # root first, then level by level
+
+    def at(self, level: int) -> list[TreeNode]:
+        return [n for n in self.nodes if n.level == level]
+
+
+def part_whole_tree(
+    features: np.ndarray, levels: Sequence[int] = (2, 4, 8, 16), colours: np.ndarray | None = None
+) -> PartWholeTree:
+    """Islands at coarse-to-fine levels of detail, each inside one island of the level above.
+
+    One Ward dendrogram of the unit-normalised features (h, w, d) is cut into `levels[k]` clusters at level
+    k + 1 (fewer where the grid has fewer distinct vectors), so every island at a finer level lies inside one
+    island of the coarser level: the segments at each level partition the locations, and they nest. `colours`
+    (h, w, 3), e.g. the islands image, gives each segment its locations' mean colour.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    grid = _check_grid(features)
+    h, w, d = grid.shape
+    n = h * w
+    counts = [int(k) for k in levels]
+    if not counts or any(k < 1 for k in counts) or counts != sorted(counts):
+        raise InputError(f"levels must be increasing positive island counts, got {list(levels)}")
+    y = _normalise(grid.reshape(n, d)).astype(np.float64)
+
+    def colour_of(mask: np.ndarray):
+        if colours is None:
+            return None
+        c = np.asarray(colours, dtype=np.float32).reshape(n, 3)[mask.ravel()].mean(axis=0)
+        return (float(c[0]), float(c[1]), float(c[2]))
+
+    root_mask = np.ones((h, w), dtype=bool)
+    nodes = [TreeNode("L0", "", 0, n, root_mask, colour_of(root_mask))]
+    if n < 2 or _is_constant(y):
+        return PartWholeTree(tuple(counts), tuple(nodes))
+    with _one_blas_thread():
+        tree = linkage(y, method="ward")
+    parent_labels = np.zeros(n, dtype=np.int64)
+    parent_ids = {0: "L0"}
+    for level, k in enumerate(counts, start=1):
+        labels = _canonical(fcluster(tree, t=min(k, n), criterion="maxclust"))  # (n,)
+        ids = {}
+        for label in range(int(labels.max()) + 1):
+            members = labels == label
+            parents = np.unique(parent_labels[members])
+            if len(parents) != 1:  # cannot happen for cuts of one dendrogram; guards the nesting claim
+                raise RuntimeError("part-whole tree: an island straddles two islands of the level above")
+            ids[label] = f"L{level}.{label}"
+            mask = members.reshape(h, w)
+            nodes.append(TreeNode(ids[label], parent_ids[int(parents[0])], level, int(members.sum()), mask,
+                                  colour_of(mask)))
+        parent_labels, parent_ids = labels, ids
+    return PartWholeTree(tuple(counts), tuple(nodes))

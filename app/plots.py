@@ -70,6 +70,15 @@ def enlarge(image: np.ndarray, size: int = PANEL_PX) -> np.ndarray:
     return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
 
 
+GRID_PX = 256  # grid images are served at about this size: the browser maps a click on them to a location
+
+
+def grid_image(image: np.ndarray) -> np.ndarray:
+    """A grid image (h, w, 3) as the page shows it: enlarged with nearest neighbour to about GRID_PX a side, so
+    it is never drawn larger than its own pixels (Gradio maps clicks in the image's own pixels)."""
+    return enlarge(image, GRID_PX)
+
+
 def colormap(values: np.ndarray, vmin: float = -1.0, vmax: float = 1.0) -> np.ndarray:
     """(h, w) values -> (h, w, 3) float colours on a red-yellow-green ramp (red: low, green: high)."""
     stops = np.array([[0.84, 0.19, 0.15], [0.99, 0.88, 0.55], [0.10, 0.60, 0.31]], dtype=np.float32)
@@ -87,8 +96,8 @@ def filter_image(weight: np.ndarray) -> np.ndarray:
 
 
 def mark(image: np.ndarray, location: tuple[int, int] | None) -> np.ndarray:
-    """A grid image (h, w, 3) uint8 with one location outlined (for 'point at a location'), enlarged x8."""
-    big = enlarge(to_uint8(image) if image.dtype != np.uint8 else image, 8 * max(image.shape[:2]))
+    """A grid image (h, w, 3) with one location outlined (for 'point at a location'), as `grid_image` enlarges."""
+    big = grid_image(image)
     if location is None:
         return big
     k = big.shape[0] // image.shape[0]
@@ -302,4 +311,42 @@ def walk_loss(steps: np.ndarray, feat: np.ndarray, rgb: np.ndarray) -> PlotData:
               "legend": {"orientation": "h", "x": 0, "y": -0.25, "yanchor": "top"},
               "xaxis": {"title": {"text": "step"}, "automargin": True},
               "yaxis": {"type": "log", "exponentformat": "e", "automargin": True}}
+    return figure(data, layout)
+
+
+# part-whole structure
+
+def tree_figure(tree, title: str = "Part-whole tree", sub: str | None = None, height: int = 300) -> PlotData:
+    """The islands at coarse-to-fine levels as an icicle: each segment sits inside the island that holds it;
+    widths are location counts; colours are the islands' mean colours in the islands image."""
+    if tree is None or len(tree.nodes) <= 1:
+        return placeholder(title, "appears when a run has a frame")
+    colours = [("rgb(%d,%d,%d)" % tuple(int(255 * c + 0.5) for c in n.colour)) if n.colour else "#cccccc"
+               for n in tree.nodes]
+    data = [{
+        "type": "icicle", "ids": [n.id for n in tree.nodes], "parents": [n.parent for n in tree.nodes],
+        "labels": ["whole image" if n.level == 0 else f"{n.size}" for n in tree.nodes],
+        "values": [n.size for n in tree.nodes], "branchvalues": "total",
+        "marker": {"colors": colours, "line": {"color": "white", "width": 1}},
+        "customdata": [n.level for n in tree.nodes],
+        "hovertemplate": "level %{customdata}: %{value} locations<extra>%{id}</extra>",
+        "tiling": {"orientation": "v"}, "sort": False,
+    }]
+    levels = " → ".join(str(k) for k in tree.levels)
+    layout = {"title": _title(title, sub or f"islands of islands: at most {levels} islands, coarse to fine"),
+              "height": height, "margin": {"l": 4, "r": 4, "t": 50, "b": 4}}
+    return figure(data, layout)
+
+
+def column_figure(levels: list[str], values: list[float] | None, title: str = "Its column across levels",
+                  height: int = 240) -> PlotData:
+    """How strongly one location agrees with its neighbours at each level (layer)."""
+    if not values:
+        return placeholder(title, "click a location on a grid image", height)
+    data = [{"type": "scatter", "mode": "lines+markers", "x": levels, "y": values, "line": {"color": "#4c6ef5"},
+             "hovertemplate": "%{x}: %{y:.2f}<extra></extra>"}]
+    layout = {"title": _title(title, "mean cosine similarity to its 8 neighbours, per layer (L0 lowest)"),
+              "height": height,
+              "yaxis": {"range": [-1, 1.05], "title": {"text": "agreement"}}, "xaxis": {"type": "category"},
+              "margin": {"l": 50, "r": 10, "t": 50, "b": 40}, "showlegend": False}
     return figure(data, layout)

@@ -105,6 +105,8 @@ def build_demo() -> gr.Blocks:
         gr.api(api_run, api_name="run", concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train")
         gr.api(api_stop, api_name="stop", queue=False)
         gr.api(api_walk, api_name="walk", concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train")
+        demo.load(islands.from_link, None, islands.link_outputs, queue=False, api_visibility="undocumented",
+                  api_name="islands_from_link")
         demo.unload(unload)
     demo.islands, demo.walk = islands, walk  # the tabs' components, for tests and scripts
     return demo

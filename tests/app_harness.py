@@ -75,7 +75,7 @@ DEFAULTS = {
     "target": "dense", "labels": "", "preset": "cpu", "steps": 20, "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
     "record_every": 10, "rgb_weight": 1.0, "feature_loss": "mse", "normalize": True, "init": "torch",
     "global_head": "attention", "precision": "auto", "projection": "tsne2d", "perplexity": 30, "metric": "cosine",
-    "tsne_init": "pca", "comparable": True,
+    "tsne_init": "pca", "checkpoint": "", "comparable": True,
 }
 
 

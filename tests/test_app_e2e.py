@@ -280,3 +280,60 @@ def test_phone_width(browser, server):
     shot(page, ARTIFACTS, "09-phone-390")
     no_page_errors(page)
     page.close()
+
+
+JS_LEVELS = "() => document.querySelectorAll('#levels-strip .thumbnail-item').length"
+JS_TREE_TYPE = """() => { const el = document.querySelector('#part-whole-tree .js-plotly-plot');
+    return el && el.data && el.data.length ? el.data[0].type : null; }"""
+
+
+def test_levels_then_point_at_a_location(browser, server):
+    """The levels strip (one image per layer; a click selects the layer), then after a run a click on the
+    islands image marks the location and draws both agreement maps and the part-whole tree."""
+    page = open_app(browser, server)
+    click_example(page, EXAMPLE_FACE)
+    page.wait_for_function(f"() => ({JS_LEVELS})() === 12", timeout=60_000)
+    page.locator("#levels-strip .thumbnail-item").nth(4).click()
+    page.wait_for_function("() => document.querySelector('#layer input[type=number]').value === '4'", timeout=30_000)
+    shot(page, ARTIFACTS, "10-levels")
+    open_accordion(page, "Training")
+    set_number(page, "steps", 20)
+    page.click("#run")
+    wait_text(page, "status", FINISHED, 120_000)
+    assert "layer 4" in status(page)
+    page.wait_for_function(f"() => ({JS_TREE_TYPE})() === 'icicle'", timeout=30_000)
+    image = page.locator("#islands-image img")
+    image.scroll_into_view_if_needed()
+    box = image.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+    page.wait_for_selector("#agreement-apm img", timeout=15_000)
+    page.wait_for_selector("#agreement-teacher img", timeout=15_000)
+    page.wait_for_function("() => { const el = document.querySelector('#column-agreement .js-plotly-plot');"
+                           " return el && el.data && el.data.length && el.data[0].x.length === 13; }", timeout=15_000)
+    page.locator("#agreement-apm").scroll_into_view_if_needed()
+    shot(page, ARTIFACTS, "11-agreement", full_page=False)
+    page.locator("#part-whole-tree").scroll_into_view_if_needed()
+    shot(page, ARTIFACTS, "12-tree", full_page=False)
+    no_page_errors(page)
+    page.close()
+
+
+def test_a_shared_link_opens_the_page_with_its_settings(browser, server):
+    page = open_app(browser, server.rstrip("/") + "/?example=house&recipe=cls-ttt&steps=40&layer=5&projection=paper")
+    page.wait_for_function("() => (document.querySelector('#teacher input') || {}).value.startsWith('CLIP')",
+                           timeout=30_000)
+    open_accordion(page, "Training")
+    page.wait_for_function("() => (document.querySelector('#steps input[type=number]') || {}).value === '40'",
+                           timeout=30_000)
+    assert page.locator("#layer input[type=number]").input_value() == "5"
+    page.wait_for_selector("#input-image img", timeout=30_000)
+    wait_text(page, "status", "house.png.*ready", 30_000)  # the shared example, checked and ready to run
+    page.click("#copy-link")
+    page.wait_for_function("() => { const t = document.querySelector('#share-link textarea, #share-link input');"
+                           " return t && t.value.includes('example=house') && t.value.startsWith('http'); }",
+                           timeout=15_000)
+    link = page.locator("#share-link textarea, #share-link input").first.input_value()
+    assert "recipe=cls-ttt" in link and "steps=40" in link and "layer=5" in link and "projection=paper" in link
+    shot(page, ARTIFACTS, "13-shared-link")
+    no_page_errors(page)
+    page.close()

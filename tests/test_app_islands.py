@@ -34,7 +34,8 @@ from tests.app_harness import (
 from tests.corpus.make_corpus import PICKLE_MARKER
 
 STREAMED = {"status", "islands-plot", "islands-image", "rgb-image", "loss-plot", "fidelity-plot", "apm-labels",
-            "conv-filter", "unfolded-plot", "timeline"}
+            "conv-filter", "unfolded-plot", "timeline", "part-whole-tree"}
+SERVED = 256  # grid images are served enlarged (16 pixels a location on a 16 x 16 grid): clicks map to locations
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_prepare_sends_what_stays_put(finished):
     assert (h, w) == (16, 16)
     assert plain(prepared["status"]).startswith("training starts (expected")
     for elem in ("input-small", "teacher-islands"):
-        assert prepared[elem].dtype == np.uint8 and prepared[elem].shape == (h, w, 3)
+        assert prepared[elem].dtype == np.uint8 and prepared[elem].shape == (SERVED, SERVED, 3)
     assert "Folded state" in prepared["folded"] and f"{h} x {w} queries" in prepared["folded"]
     assert prepared["timeline"]["maximum"] == 30 and prepared["timeline"]["interactive"] is False
     assert prepared["clip-labels"]["visible"] is False  # DINOv2 has no text tower: no labels panel
@@ -81,7 +82,7 @@ def test_the_stream_sends_only_what_changes(finished):
         assert figure(out["islands-plot"])["data"][0]["type"] == "scatter"  # SVG: few points, no WebGL context
         assert f"step {record.frames[min(k, len(record.frames) - 1)].step}" in figure(out["islands-plot"])["layout"]["title"]["text"] or last
         for elem in ("islands-image", "rgb-image"):
-            assert out[elem].dtype == np.uint8 and out[elem].shape == (h, w, 3)
+            assert out[elem].dtype == np.uint8 and out[elem].shape == (SERVED, SERVED, 3)
         loss = figure(out["loss-plot"])
         assert len(loss["data"][0]["x"]) == max(int(s) for s in loss["data"][0]["x"])  # every step so far
         assert np.asarray(figure(out["fidelity-plot"])["data"][0]["z"]).shape == (h, w)
@@ -103,7 +104,7 @@ def test_scrubbing_is_in_steps(finished):
     status = parse_status(first["status"])
     assert status["lead"] == "showing" and status["step"] == frames[0].step
     assert session.run.teacher_label in plain(first["status"])  # the teacher stays named while scrubbing
-    np.testing.assert_array_equal(first["rgb-image"], islands_module.plots.to_uint8(frames[0].rgb))
+    np.testing.assert_array_equal(first["rgb-image"], islands_module.plots.grid_image(frames[0].rgb))
     nearest = by_id(tab.scrub(frames[1].step + 1, request=request))
     assert parse_status(nearest["status"])["step"] == frames[1].step  # the nearest recorded frame
     beyond = by_id(tab.scrub(10_000, request=request))
@@ -391,3 +392,87 @@ def test_untrained_clip_labels_say_they_mean_nothing():
     assert "untrained teacher: these labels mean nothing" in prepared["clip-labels"]["value"]
     assert "untrained teacher" in stream[-1]["apm-labels"] and "%" in stream[-1]["apm-labels"]
     STORE.drop(request.session_hash)
+
+
+# levels, pointing, the part-whole tree, shareable links
+
+
+class Select:
+    """Stands in for gr.SelectData: the handlers read `index`."""
+
+    def __init__(self, index):
+        self.index = index
+
+
+def test_levels_strip_one_image_per_layer_and_a_click_selects_it():
+    tab = islands()
+    request = Req("islands-levels")
+    from tests.app_harness import file_payload
+
+    out = by_id(tab.on_levels(file_payload(example("face")), "dinov2", True, request=request))
+    items = out["levels-strip"]
+    assert len(items) == 12 and [caption for _, caption in items] == [f"layer {k}" for k in range(12)]
+    assert all(image.shape[2] == 3 and image.dtype == np.uint8 for image, _ in items)
+    assert len(STORE.peek(request.session_hash).extras["levels"]["grids"]) == 12
+    assert by_id(tab.on_level(Select(4)))["layer"] == 4
+    mvit = by_id(tab.on_levels(file_payload(example("face")), "mvit", True, request=request))["levels-strip"]
+    assert len(mvit) == 16
+    assert by_id(tab.on_levels(None, "dinov2", True, request=request))["levels-strip"] is None
+    STORE.drop(request.session_hash)
+
+
+def test_a_click_marks_the_location_and_draws_both_agreement_maps(finished):
+    request, _, _, session = finished
+    tab = islands()
+    record = session.run
+    shown = np.zeros((256, 256, 3), np.uint8)  # the grid image as served, 16 pixels per location
+    out = by_id(tab.on_point(shown, Select([16 * 5 + 3, 16 * 2 + 3]), request=request))  # x, y: location (2, 5)
+    assert session.extras["point"] == (2, 5)
+    for key in ("agreement-apm", "agreement-teacher", "input-small", "islands-image", "teacher-islands", "rgb-image"):
+        assert out[key].shape == (256, 256, 3), key
+    frame = record.frames[record.shown]
+    from apm.islands import agreement_map
+
+    sims = agreement_map(frame.features.astype(np.float32), (2, 5))
+    assert sims[2, 5] == 1.0
+    np.testing.assert_array_equal(out["agreement-apm"][16 * 2 + 8, 16 * 5 + 8],
+                                  islands_module.plots.to_uint8(islands_module.plots.colormap(sims))[2, 5])
+    names = figure(out["column-agreement"])["data"][0]["x"]
+    assert names[-1] == "APM"
+    small = by_id(tab.on_point(np.zeros((16, 16, 3), np.uint8), Select([15, 0]), request=request))
+    assert session.extras["point"] == (0, 15) and small["agreement-apm"].shape == (256, 256, 3)
+
+
+def test_still_frames_carry_the_part_whole_tree(finished):
+    request, _, stream, session = finished
+    assert all("part-whole-tree" not in update for update in stream[:-1])  # live frames do not pay for it
+    tree = figure(stream[-1]["part-whole-tree"])["data"][0]
+    assert tree["type"] == "icicle" and tree["values"][0] == 16 * 16
+    scrubbed = by_id(islands().scrub(session.run.frames[0].step, request=request))
+    assert figure(scrubbed["part-whole-tree"])["data"][0]["type"] == "icicle"
+
+
+def test_a_shared_link_reproduces_the_settings():
+    tab = islands()
+    from tests.app_harness import file_payload
+
+    link = by_id(tab.share_link("cls-ttt", file_payload(example("house")), "clip", 7, 3, 120.0, "paper", 3))
+    query = link["share-link"]["value"]
+    assert query.startswith("?") and "example=house" in query and "recipe=cls-ttt" in query and "steps=120" in query
+
+    class LinkRequest(Req):
+        def __init__(self, params):
+            super().__init__("islands-link")
+            self.query_params = params
+
+    from urllib.parse import parse_qsl
+
+    out = by_id(tab.from_link(LinkRequest(dict(parse_qsl(query[1:])))))
+    assert out["recipe"] == "cls-ttt" and out["teacher"] == "clip" and out["layer"]["value"] == 7
+    assert out["seed"] == 3 and out["steps"] == 120 and out["projection"] == "paper" and out["perplexity"] == 3
+    assert Path(out["input-image"]).stem == "house" and out["target"] == "global"  # the recipe's, too
+    bad = by_id(tab.from_link(LinkRequest({"teacher": "resnet"})))
+    assert is_error(bad["status"]) and "teacher" in plain(bad["status"])
+    assert is_skip(by_id(tab.from_link(LinkRequest({})))["status"])
+    uploaded = by_id(tab.share_link("custom", None, "dinov2", 11, 0, 300, "tsne2d", 30))["share-link"]["value"]
+    assert "example" not in uploaded

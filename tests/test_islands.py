@@ -338,3 +338,54 @@ def test_exact_neighbours_match_scikit_learn():
     order = np.argsort(dist, axis=1)
     assert np.array_equal(np.take_along_axis(idx, order, axis=1), ref_idx)
     assert np.allclose(np.take_along_axis(dist, order, axis=1), ref_dist, atol=1e-4)
+
+
+# pointing and the part-whole tree
+
+
+def test_agreement_map_is_one_at_the_clicked_location():
+    from apm.islands import agreement_map
+
+    rng = np.random.default_rng(0)
+    grid = rng.normal(size=(6, 7, 16)).astype(np.float32)
+    grid[2:4, 2:5] = grid[2, 2] * 3.0  # an island: the same direction, another length
+    sims = agreement_map(grid, (2, 3))
+    assert sims.shape == (6, 7) and sims[2, 3] == 1.0 and np.all(np.abs(sims) <= 1.0)
+    np.testing.assert_allclose(sims[2:4, 2:5], 1.0, atol=1e-6)  # cosine: scale does not matter
+    assert sims[0, 0] < 0.9
+    with pytest.raises(InputError, match="outside"):
+        agreement_map(grid, (6, 0))
+
+
+def test_column_agreement_reads_each_level():
+    from apm.islands import column_agreement
+
+    rng = np.random.default_rng(1)
+    smooth = np.ones((5, 5, 8), np.float32)  # every neighbour agrees
+    noisy = rng.normal(size=(5, 5, 8)).astype(np.float32)
+    values = column_agreement([smooth, noisy], (2, 2))
+    assert values.shape == (2,) and values[0] == pytest.approx(1.0) and values[1] < 0.5
+
+
+def test_part_whole_tree_partitions_and_nests():
+    from apm.islands import part_whole_tree
+
+    rng = np.random.default_rng(2)
+    grid = rng.normal(size=(12, 12, 24)).astype(np.float32)
+    colours = rng.random((12, 12, 3)).astype(np.float32)
+    tree = part_whole_tree(grid, levels=(2, 4, 8), colours=colours)
+    by_id = {n.id: n for n in tree.nodes}
+    assert tree.at(0)[0].size == 144 and tree.at(0)[0].mask.all()
+    for level, k in enumerate((2, 4, 8), start=1):
+        nodes = tree.at(level)
+        assert len(nodes) == k
+        cover = np.sum([n.mask.astype(int) for n in nodes], axis=0)
+        assert np.all(cover == 1)  # a partition of the locations
+        for node in nodes:
+            parent = by_id[node.parent]
+            assert parent.level == level - 1 and not np.any(node.mask & ~parent.mask)  # nested
+            assert node.size == int(node.mask.sum()) and node.colour is not None
+    flat = part_whole_tree(np.ones((4, 4, 3), np.float32))
+    assert len(flat.nodes) == 1  # a constant grid is one whole
+    with pytest.raises(InputError):
+        part_whole_tree(grid, levels=(4, 2))

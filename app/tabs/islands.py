@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,14 +24,24 @@ from PIL import Image, ImageDraw
 from apm.errors import APMError, InputError
 from apm.images import downsample_rgb
 from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
-from apm.islands import PERPLEXITY_NOTE, PERPLEXITY_RANGE, Projection, island_metrics, project
+from apm.islands import (
+    PERPLEXITY_NOTE,
+    PERPLEXITY_RANGE,
+    Projection,
+    agreement_map,
+    column_agreement,
+    island_metrics,
+    part_whole_tree,
+    pca_colours,
+    project,
+)
 from apm.live import LiveRun
 from apm.recipes import FILE_TEACHER, RECIPES, Experiment, estimate_seconds, experiment, format_duration
 from apm.teachers import create_teacher, load_feature_array, teacher_spec
 from apm.teachers.clip import clean_labels
 from apm.train import OverfitRun, Snapshot, Target
 
-from .. import plots
+from .. import plots, trained
 from ..session import Frame, RunRecord, Session
 from ..widgets import (
     HEAD_CHOICES,
@@ -45,6 +56,7 @@ from ..widgets import (
     check_upload,
     choice,
     example_gallery,
+    example_paths,
     file_name,
     label_of,
     layer_label,
@@ -68,6 +80,14 @@ MAX_LABELS = 64
 SLOW_PANELS_EVERY_S = 2.0  # the conv filter and the unfolded queries change slowly: refreshed every 2 s
 QUICK_FIT = {"early_exaggeration_iters": 50, "full_iters": 60}  # the first live frame: a short t-SNE, fast
 LIVE_WARM_ITERS = 5  # t-SNE steps per live frame: the embedding keeps converging over the frames
+LEVEL_PX = 112  # side of one image of the levels strip
+LINK_KEYS = ("example", "recipe", "teacher", "layer", "seed", "steps", "projection", "perplexity")
+# the browser copies the link (the clipboard may be refused: the box shows it either way)
+COPY_LINK_JS = """(query) => {
+    const url = window.location.origin + window.location.pathname + query;
+    if (navigator.clipboard) { navigator.clipboard.writeText(url).catch(() => {}); }
+    return url;
+}"""
 
 
 # what a run is made of
@@ -107,14 +127,37 @@ def encode(exp: Experiment, image: Image.Image):
     return teacher, teacher.encode(image)
 
 
+def trained_experiment(exp: Experiment, loaded: trained.Loaded) -> Experiment:
+    """The settings of test-time training from a checkpoint: its teacher and layer (when it names them)."""
+    meta = loaded.meta
+    if meta.get("teacher"):
+        exp = replace(exp, teacher=teacher_key(meta["teacher"]), layer=int(meta.get("layer", 0)),
+                      random_weights=bool(meta.get("random_weights", exp.random_weights)))
+    elif exp.teacher == FILE_TEACHER:
+        raise InputError("this checkpoint does not name its teacher: pick the teacher it was trained on")
+    return replace(exp, target="dense", trains=True)
+
+
+def teacher_key(teacher_id: str) -> str:
+    """The picker's key for a teacher id ('dinov2:vit_small_patch14_dinov2.lvd142m' -> 'dinov2')."""
+    wanted = teacher_spec(teacher_id).id
+    for _, key in TEACHER_CHOICES:
+        if key != FILE_TEACHER and teacher_spec(key).id == wanted:
+            return key
+    return teacher_id
+
+
 def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: Any, labels: list[str],
-                run_id: int, view: View) -> Prepared:
-    """Validate and build a run: encode with the teacher (or read the user's features), build the APM.
+                run_id: int, view: View, loaded: trained.Loaded | None = None) -> Prepared:
+    """Validate and build a run: encode with the teacher (or read the user's features), build the APM (fresh, or
+    from a trained APM's weights when `loaded` is given).
 
     Raises `InputError` (or another `APMError`) with a message for the page.
     """
     if exp.steps > LIMITS.max_steps:
         raise InputError(f"steps must be at most {LIMITS.max_steps} on this shared hardware")
+    if loaded is not None:
+        exp = trained_experiment(exp, loaded)
     teacher = None
     if exp.teacher == FILE_TEACHER:
         source = upload_source(features, "feature file")
@@ -136,13 +179,18 @@ def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: 
     overfit = None
     if exp.trains:
         config = exp.train_config(time_budget_s=LIMITS.max_run_seconds)
-        overfit = OverfitRun(image, target, config, exp.model_config())
+        if loaded is not None:
+            overfit = OverfitRun(image, target, config, init=loaded.apm, target_scale=loaded.meta.get("feature_scale"))
+        else:
+            overfit = OverfitRun(image, target, config, exp.model_config())
         grid = overfit.model_config.grid
     elif teacher_grid is not None:
         grid = teacher_grid.shape[:2]
     else:
         raise InputError("the teacher's own islands need a feature grid, not a global vector")
 
+    if loaded is not None:
+        teacher_label = f"{teacher_label} · from {loaded.name}"
     record = RunRecord(
         run_id=run_id, experiment=exp, image_name=image_name, grid_shape=tuple(grid),
         input_small=downsample_rgb(image, *grid), teacher_label=teacher_label,
@@ -323,10 +371,19 @@ class IslandsTab:
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", scale=0, min_width=90, size="lg")
             self.status = gr.HTML(status_html("Ready: pick an image and a teacher, then press Run."),
                                   elem_id="status", scale=5, min_width=300)
+            self.copy_link = gr.Button("Copy link", elem_id="copy-link", scale=0, min_width=90, size="sm")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300, elem_id="inputs"):
                 self.recipe = gr.Dropdown(RECIPE_CHOICES, value="custom", label="Experiment", elem_id="recipe")
                 self.recipe_note = gr.Markdown(recipe_markdown("custom"), elem_id="recipe-note")
+                with gr.Accordion("Trained APM (a checkpoint)", open=False, elem_id="trained"):
+                    self.checkpoint = gr.Dropdown(trained.checkpoint_choices(), value=trained.NONE,
+                                                  label="Start from", elem_id="checkpoint", allow_custom_value=True,
+                                                  info="islands of your image in one forward pass; Run then trains it "
+                                                       "further on this image. hf:ORG/REPO fetches one from the Hub.")
+                    self.checkpoint_files = gr.File(label="… or upload model.safetensors + config.json",
+                                                    file_count="multiple", file_types=[".safetensors", ".json"],
+                                                    elem_id="checkpoint-files")
                 self.image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard", "webcam"],
                                       elem_id="input-image", height=220)
                 self.examples = gr.Gallery(example_gallery(), label="Examples (click one)", columns=3, height="auto",
@@ -375,6 +432,9 @@ class IslandsTab:
                     self.comparable = gr.Checkbox(value=True, elem_id="comparable",
                                                   label="Comparable colours: rotate the APM's islands onto the teacher's")
                 self.expected = gr.Markdown(expected_markdown(start), elem_id="expected")
+                self.link = gr.Textbox(label="Link to these settings (an example image, teacher, layer, recipe, seed, "
+                                       "steps and view)", elem_id="share-link", interactive=False, visible=False,
+                                       buttons=["copy"])
             with gr.Column(scale=3, min_width=300):
                 with gr.Row(equal_height=False):
                     self.islands_plot = gr.Plot(plots.islands_scatter(None), label="Islands scatter",
@@ -388,8 +448,22 @@ class IslandsTab:
                         with gr.Row():
                             self.teacher_islands = gr.Image(label="Teacher", elem_id="teacher-islands", **grid_image)
                             self.rgb_image = gr.Image(label="RGB head", elem_id="rgb-image", **grid_image)
+                self.levels = gr.Gallery(label="Levels: the teacher's islands at every layer, one forward pass, PCA "
+                                         "colours (click one to train on that layer)", elem_id="levels-strip",
+                                         columns=8, height=250, allow_preview=False, object_fit="contain",
+                                         buttons=[])
                 self.timeline = gr.Slider(0, 300, value=0, step=1, elem_id="timeline",
                                           label="Timeline: training step of the frame shown (drag to scrub back)")
+                with gr.Row(equal_height=False, elem_id="pointing"):
+                    point_image = {"interactive": False, "height": 170, "min_width": 130, "format": "png",
+                                   "buttons": []}
+                    self.agreement_apm = gr.Image(label="Agreement with the clicked location: APM",
+                                                  elem_id="agreement-apm", **point_image)
+                    self.agreement_teacher = gr.Image(label="… and the teacher", elem_id="agreement-teacher",
+                                                      **point_image)
+                    self.column_plot = gr.Plot(plots.column_figure([], None), label="Its column across levels",
+                                               elem_id="column-agreement", min_width=260)
+                self.tree_plot = gr.Plot(plots.tree_figure(None), label="Part-whole tree", elem_id="part-whole-tree")
                 self.loss_plot = gr.Plot(plots.placeholder("Loss and whole to part", "press Run"), label="Loss curves",
                                          elem_id="loss-plot")
                 with gr.Row(equal_height=False):
@@ -424,7 +498,7 @@ class IslandsTab:
         return [self.recipe, self.image, self.teacher, self.layer, self.random_weights, self.features, self.target,
                 self.labels, self.preset, self.steps, self.lr, self.lr_schedule, self.seed, self.record_every,
                 self.rgb_weight, self.feature_loss, self.normalize, self.init, self.global_head, self.precision,
-                self.projection, self.perplexity, self.metric, self.tsne_init]
+                self.projection, self.perplexity, self.metric, self.tsne_init, self.checkpoint]
 
     @property
     def view_inputs(self) -> list:
@@ -434,14 +508,41 @@ class IslandsTab:
     def frame_outputs(self) -> list:
         """What changes from frame to frame (the live stream and the timeline)."""
         return [self.status, self.islands_plot, self.islands_image, self.rgb_image, self.loss_plot,
-                self.fidelity_plot, self.apm_labels, self.conv_filter, self.unfolded_plot]
+                self.fidelity_plot, self.apm_labels, self.conv_filter, self.unfolded_plot, self.tree_plot]
 
     @property
     def static_outputs(self) -> list:
         """What a run sets once, when it is prepared."""
         return [self.status, self.input_small, self.teacher_islands, self.islands_plot, self.islands_image,
                 self.rgb_image, self.folded, self.teacher_labels, self.apm_labels, self.timeline, self.loss_plot,
-                self.fidelity_plot, self.conv_filter, self.unfolded_plot, self.export_files]
+                self.fidelity_plot, self.conv_filter, self.unfolded_plot, self.export_files, self.tree_plot,
+                self.agreement_apm, self.agreement_teacher, self.column_plot]
+
+    @property
+    def trained_outputs(self) -> list:
+        return [self.status, self.teacher, self.layer, self.input_small, self.islands_image, self.rgb_image,
+                self.teacher_islands, self.islands_plot, self.fidelity_plot, self.tree_plot, self.timeline]
+
+    @property
+    def grid_images(self) -> list:
+        """The grid images a click can point into."""
+        return [self.input_small, self.islands_image, self.teacher_islands, self.rgb_image]
+
+    @property
+    def point_outputs(self) -> list:
+        return [self.agreement_apm, self.agreement_teacher, self.column_plot, *self.grid_images, self.status]
+
+    @property
+    def link_inputs(self) -> list:
+        return [self.recipe, self.image, self.teacher, self.layer, self.seed, self.steps, self.projection,
+                self.perplexity]
+
+    @property
+    def link_outputs(self) -> list:
+        return [self.recipe, self.image, self.teacher, self.layer, self.seed, self.steps, self.projection,
+                self.perplexity, self.target, self.preset, self.lr, self.lr_schedule, self.rgb_weight, self.init,
+                self.global_head, self.precision, self.metric, self.tsne_init, self.recipe_note, self.features,
+                self.labels, self.random_weights, self.expected, self.status]
 
     def _wire(self) -> None:
         settings = self.settings_inputs
@@ -479,6 +580,29 @@ class IslandsTab:
                           trigger_mode="always_last", **private("reproject"))
         self.export_btn.click(self.export, None, [self.export_files, self.status], concurrency_limit=2,
                               concurrency_id="export", **private("export"))
+
+        # a trained APM: its islands of the image at once (one forward pass), no training
+        for control in (self.checkpoint, self.image):
+            control.change(self.on_trained, [self.image, self.checkpoint, self.projection, self.comparable],
+                           self.trained_outputs, preprocess=False, concurrency_limit=2, concurrency_id="levels",
+                           show_progress="minimal", trigger_mode="always_last", **private("trained"))
+        self.checkpoint_files.upload(self.on_checkpoint_upload, [self.checkpoint_files], [self.checkpoint, self.status],
+                                     preprocess=False, concurrency_limit=2, concurrency_id="levels",
+                                     **private("checkpoint_upload"))
+
+        # levels strip: after an image or a teacher is chosen; a click on a level selects it
+        for control in (self.image, self.teacher, self.random_weights):
+            control.change(self.on_levels, [self.image, self.teacher, self.random_weights], [self.levels],
+                           preprocess=False, concurrency_limit=2, concurrency_id="levels", show_progress="minimal",
+                           trigger_mode="always_last", **private("levels"))
+        self.levels.select(self.on_level, None, [self.layer], queue=False, **private("level"))
+        # pointing: a click on any grid image marks the location and draws the agreement maps
+        for image in self.grid_images:
+            image.select(self.on_point, [image], self.point_outputs, concurrency_limit=4, concurrency_id="view",
+                         show_progress="hidden", trigger_mode="always_last", **private("point"))
+        # a shareable link: built here, copied by the browser
+        self.copy_link.click(self.share_link, self.link_inputs, [self.link], queue=False, preprocess=False,
+                             **private("link")).then(None, [self.link], [self.link], js=COPY_LINK_JS)
 
     # settings
 
@@ -520,7 +644,7 @@ class IslandsTab:
 
     def settings(self, recipe, image, teacher, layer, random_weights, features, target, labels, preset, steps, lr,
                  lr_schedule, seed, record_every, rgb_weight, feature_loss, normalize, init, global_head, precision,
-                 projection, perplexity, metric, tsne_init) -> tuple[Experiment, Any, Any, list[str]]:
+                 projection, perplexity, metric, tsne_init, checkpoint="") -> tuple[Experiment, Any, Any, list[str]]:
         """The page's values (raw: events run with preprocess=False) -> (Experiment, image, features, labels)."""
         exp = Experiment(
             recipe=choice(recipe or "custom", RECIPE_CHOICES, "experiment"),
@@ -545,6 +669,7 @@ class IslandsTab:
             perplexity=number(perplexity, "perplexity", None, *PERPLEXITY_RANGE),
             metric=choice(metric or "cosine", [("cosine", "cosine"), ("euclidean", "euclidean")], "distance"),
             tsne_init=choice(tsne_init or "pca", [("pca", "pca"), ("random", "random")], "t-SNE start"),
+            checkpoint=str(checkpoint or ""),
         )
         return exp, image, features, _labels(labels)
 
@@ -579,7 +704,7 @@ class IslandsTab:
 
     def prepare(self, recipe, image, teacher, layer, random_weights, features, target, labels, preset, steps, lr,
                 lr_schedule, seed, record_every, rgb_weight, feature_loss, normalize, init, global_head, precision,
-                projection, perplexity, metric, tsne_init, comparable, request: gr.Request = None) -> dict:
+                projection, perplexity, metric, tsne_init, checkpoint, comparable, request: gr.Request = None) -> dict:
         """Validate, encode, build; send the panels that stay put during the run. (Named parameters: Gradio
         hands `request` only to a function whose signature names it.)"""
         session = session_for(request)
@@ -588,10 +713,12 @@ class IslandsTab:
             exp, image_payload, features, labels = self.settings(
                 recipe, image, teacher, layer, random_weights, features, target, labels, preset, steps, lr,
                 lr_schedule, seed, record_every, rgb_weight, feature_loss, normalize, init, global_head, precision,
-                projection, perplexity, metric, tsne_init)
+                projection, perplexity, metric, tsne_init, checkpoint)
             picture = read_image(image_payload)
             session.view = View(exp, bool(comparable))
-            prepared = prepare_run(exp, picture, file_name(image_payload), features, labels, run_id, session.view)
+            loaded = trained.load(exp.checkpoint, session)
+            prepared = prepare_run(exp, picture, file_name(image_payload), features, labels, run_id, session.view,
+                                   loaded)
         except Exception as exc:  # noqa: BLE001 - every failure is one readable line, and the page lives on
             if not isinstance(exc, APMError):
                 log.exception("preparing a run failed")
@@ -603,10 +730,10 @@ class IslandsTab:
         record = prepared.record
         untrained = exp.random_weights and exp.teacher != FILE_TEACHER
         label_note = " (untrained teacher: these labels mean nothing)" if untrained else ""
-        teacher_image = (plots.to_uint8(record.teacher_projection.image) if record.teacher_projection is not None
+        teacher_image = (plots.grid_image(record.teacher_projection.image) if record.teacher_projection is not None
                          else None)
         out = {
-            self.input_small: plots.to_uint8(record.input_small),
+            self.input_small: plots.grid_image(record.input_small),
             self.teacher_islands: teacher_image,
             self.folded: folded_markdown(record),
             self.teacher_labels: gr.update(visible=bool(record.labels), value=plots.labels_html(
@@ -621,10 +748,16 @@ class IslandsTab:
             self.islands_image: None,
             self.rgb_image: None,
             self.export_files: gr.update(value=None, visible=False),
+            self.tree_plot: plots.tree_figure(None),
+            self.agreement_apm: None,
+            self.agreement_teacher: None,
+            self.column_plot: plots.column_figure([], None),
         }
         if prepared.overfit is None:  # the teacher's own islands: nothing to train
             session.run = record
             out[self.islands_plot] = plots.islands_scatter(record.teacher_projection)
+            tree = part_whole_tree(record.teacher_grid, colours=record.teacher_projection.image)
+            out[self.tree_plot] = plots.tree_figure(tree, "Part-whole tree of the teacher")
             out[self.status] = status_html(
                 f"done · the teacher's own islands: {record.grid_shape[0]} x {record.grid_shape[1]} locations, "
                 f"{label_of(exp.projection, PROJECTION_CHOICES)} · {record.teacher_label}", "done")
@@ -682,8 +815,8 @@ class IslandsTab:
         out = {
             self.status: status_html(status_text(record, frame, lead, shown), kind),
             self.islands_plot: plots.islands_scatter(frame.projection, frame.step),
-            self.islands_image: plots.to_uint8(frame.projection.image),
-            self.rgb_image: plots.to_uint8(frame.rgb),
+            self.islands_image: plots.grid_image(frame.projection.image),
+            self.rgb_image: plots.grid_image(frame.rgb),
             self.loss_plot: plots.loss_figure(hist["step"], hist["feat_loss"], hist["rgb_loss"],
                                               [f.step for f in frames], [f.metrics.n_islands for f in frames],
                                               [f.metrics.n_connected for f in frames], current_step=frame.step,
@@ -698,6 +831,9 @@ class IslandsTab:
         }
         if live:
             out[self.timeline] = frame.step
+        else:  # the part-whole tree of a still frame (a live run would pay for it on every frame)
+            tree = part_whole_tree(frame.features.astype(np.float32), colours=frame.projection.image)
+            out[self.tree_plot] = plots.tree_figure(tree, f"Part-whole tree of the APM at step {frame.step}")
         if slow:
             out[self.conv_filter] = plots.filter_image(frame.conv_filter)
             out[self.unfolded_plot] = plots.unfolded_figure(frame.trigger_column, record.positional, record.grid_shape)
@@ -737,7 +873,7 @@ class IslandsTab:
             return {self.status: gr.skip()}
         if record.teacher_grid is not None:
             record.teacher_projection = project(record.teacher_grid, view.config)
-        out = {self.teacher_islands: (plots.to_uint8(record.teacher_projection.image)
+        out = {self.teacher_islands: (plots.grid_image(record.teacher_projection.image)
                                       if record.teacher_projection is not None else gr.skip())}
         if not record.frames:  # teacher islands only
             out[self.islands_plot] = plots.islands_scatter(record.teacher_projection)
@@ -753,9 +889,225 @@ class IslandsTab:
         frame = replace(frame, projection=projection_)
         record.frames[index] = frame
         out[self.islands_plot] = plots.islands_scatter(projection_, frame.step)
-        out[self.islands_image] = plots.to_uint8(projection_.image)
+        out[self.islands_image] = plots.grid_image(projection_.image)
         out[self.status] = status_html(status_text(record, frame, f"showing, in {label_of(exp.projection, PROJECTION_CHOICES)}",
                                                    shown=True))
+        return out
+
+
+    # a trained APM
+
+    def on_checkpoint_upload(self, files, request: gr.Request = None) -> dict:
+        """An uploaded model.safetensors + config.json: checked now, then chosen."""
+        session = session_for(request)
+        try:
+            value = trained.save_upload(files, session)
+        except Exception as exc:  # noqa: BLE001 - a bad file is a message, never a crash
+            if not isinstance(exc, APMError):
+                log.exception("checkpoint upload failed")
+            message = user_message(exc)
+            toast(message)
+            return {self.checkpoint: gr.skip(), self.status: status_html(message, "error")}
+        choices = trained.checkpoint_choices([("your uploaded checkpoint", value)])
+        return {self.checkpoint: gr.update(choices=choices, value=value),
+                self.status: status_html("checkpoint uploaded and checked: pick an image to see its islands")}
+
+    def on_trained(self, image, checkpoint, projection, comparable, request: gr.Request = None) -> dict:
+        """A trained APM and an image: the islands, colours and fidelity from one forward pass, no training."""
+        session = session_for(request)
+        if not checkpoint:
+            return {self.status: gr.skip()}
+        try:
+            loaded = trained.load(checkpoint, session)
+            if image is None:
+                return {self.status: status_html(f"{trained.describe(loaded)}: pick an image to see its islands")}
+            picture = read_image(image)
+            start = time.perf_counter()
+            features, rgb, _ = trained.one_pass(loaded, picture)
+            base = replace(session.view.experiment if session.view is not None else Experiment(),
+                           projection=choice(projection, PROJECTION_CHOICES, "islands view"))
+            exp = trained_experiment(replace(base, checkpoint=str(checkpoint)), loaded) if loaded.meta.get(
+                "teacher") else replace(base, checkpoint=str(checkpoint))
+            view = View(exp, bool(comparable))
+            teacher_grid, teacher_label = None, "teacher not named by the checkpoint"
+            if loaded.meta.get("teacher"):
+                model = create_teacher(exp.teacher, layer=exp.layer, random_weights=exp.random_weights)
+                out = model.encode(picture)
+                teacher_grid, teacher_label = out.grid, out.info.label
+            record = self._one_pass_record(session, exp, picture, file_name(image), features, rgb, loaded, view,
+                                           teacher_grid, teacher_label)
+            seconds = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - one readable line, the page lives on
+            if not isinstance(exc, APMError):
+                log.exception("trained APM preview failed")
+            message = user_message(exc)
+            toast(message)
+            return {self.status: status_html(message, "error")}
+        frame = record.frames[0]
+        out = self.frame_panels(record, frame, slow=False, live=False, lead="", kind="done", shown=True)
+        out.pop(self.conv_filter, None)
+        out.pop(self.unfolded_plot, None)
+        out.pop(self.apm_labels, None)
+        out.pop(self.loss_plot, None)
+        out[self.status] = status_html(
+            f"{trained.describe(loaded)} · islands of {record.image_name} from one forward pass in {seconds:.2f} s "
+            f"(no training) · {frame.metrics.n_islands} islands · press Run to train it further on this image", "done")
+        out[self.input_small] = plots.grid_image(record.input_small)
+        out[self.teacher_islands] = (plots.grid_image(record.teacher_projection.image)
+                                     if record.teacher_projection is not None else None)
+        out[self.timeline] = gr.update(value=0, maximum=1, interactive=False)
+        if loaded.meta.get("teacher"):
+            out[self.teacher] = exp.teacher
+            out[self.layer] = layer_update(exp.teacher, exp.layer)
+        return out
+
+    def _one_pass_record(self, session: Session, exp: Experiment, picture, image_name: str, features, rgb,
+                         loaded: trained.Loaded, view: View, teacher_grid, teacher_label: str) -> RunRecord:
+        """A record with one frame at step 0 (the trained APM as it is), so pointing and exports work on it."""
+        import torch
+
+        from apm.images import image_to_tensor
+
+        apm = loaded.apm
+        h, w = apm.config.grid
+        if teacher_grid is not None and teacher_grid.shape != features.shape:
+            teacher_grid = None  # another grid than the APM's: no fidelity, no teacher islands
+        session.new_run()
+        record = RunRecord(run_id=session.run_id, experiment=exp, image_name=image_name, grid_shape=(h, w),
+                           input_small=downsample_rgb(picture, h, w), teacher_label=teacher_label,
+                           teacher_grid=teacher_grid, total_steps=0)
+        if teacher_grid is not None:
+            record.teacher_projection = project(teacher_grid, view.config)
+        align = record.teacher_projection if view.comparable else None
+        projection = project(features, view.config, full_fit=True, align_to=align)
+        with torch.no_grad():
+            column = apm.trigger_column(image_to_tensor(picture, apm.config.image_size)[None])[0].numpy()
+        state = apm.folded_state()
+        record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
+        record.positional = apm.positional_code()
+        frame = Frame(step=0, elapsed_s=0.0, feat_loss=float("nan"), rgb_loss=float("nan"),
+                      features=features.astype(np.float16), rgb=rgb, trigger_column=column,
+                      conv_filter=apm.conv_filter(), projection=projection,
+                      metrics=island_metrics(features, teacher_grid))
+        record.add_frame(frame)
+        record.shown = 0
+        session.view = view
+        session.run = record
+        return record
+
+    # levels, pointing, links (GLOM's column of levels, and islands you can point at)
+
+    def on_levels(self, image, teacher, random_weights, request: gr.Request = None) -> dict:
+        """The teacher's islands at every layer from one forward pass, PCA colours each; kept for pointing."""
+        session = session_for(request)
+        try:
+            teacher_id = choice(teacher, TEACHER_CHOICES, "teacher")
+            if image is None or teacher_id == FILE_TEACHER:
+                session.extras.pop("levels", None)
+                return {self.levels: None}
+            picture = read_image(image)
+            model = create_teacher(teacher_id, random_weights=bool(random_weights))
+            outputs = model.encode_layers(picture)  # every layer, one forward pass (cached per image)
+        except Exception as exc:  # noqa: BLE001 - the image's own check reports it; the strip just stays empty
+            if not isinstance(exc, APMError):
+                log.exception("levels strip failed")
+            session.extras.pop("levels", None)
+            return {self.levels: None}
+        grids = [o.grid for o in outputs]
+        session.extras["levels"] = {"teacher": teacher_id, "grids": grids}
+        return {self.levels: [(plots.enlarge(pca_colours(g), LEVEL_PX), f"layer {k}") for k, g in enumerate(grids)]}
+
+    def on_level(self, evt: gr.SelectData) -> dict:
+        """A click on a level selects it as the layer to train on."""
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return {self.layer: int(index)}
+
+    def on_point(self, image, evt: gr.SelectData, request: gr.Request = None) -> dict:
+        """A click on a grid image: that location marked on every grid image, its agreement maps (APM and
+        teacher, cosine similarity to every location) and its column across the teacher's levels."""
+        session = session_for(request)
+        record = session.run
+        if record is None or image is None:
+            return {self.status: status_html("press Run first: then click a location on a grid image")}
+        h, w = record.grid_shape
+        picture = np.asarray(image)
+        x, y = evt.index[0], evt.index[1]
+        i = min(h - 1, max(0, int(y * h / picture.shape[0])))
+        j = min(w - 1, max(0, int(x * w / picture.shape[1])))
+        frame = record.frames[record.shown] if record.frames and 0 <= record.shown < len(record.frames) else (
+            record.frames[-1] if record.frames else None)
+        out = {self.status: gr.skip()}
+        apm_map = agreement_map(frame.features.astype(np.float32), (i, j)) if frame is not None else None
+        teacher_map = agreement_map(record.teacher_grid, (i, j)) if record.teacher_grid is not None else None
+        out[self.agreement_apm] = plots.mark(plots.colormap(apm_map), (i, j)) if apm_map is not None else None
+        out[self.agreement_teacher] = (plots.mark(plots.colormap(teacher_map), (i, j))
+                                       if teacher_map is not None else None)
+        levels = session.extras.get("levels")
+        names, values = [], None
+        if levels and levels["teacher"] == record.experiment.teacher:
+            grids = levels["grids"]
+            spots = [(min(g.shape[0] - 1, int((i + 0.5) * g.shape[0] / h)), min(g.shape[1] - 1, int((j + 0.5) * g.shape[1] / w)))
+                     for g in grids]
+            values = [float(column_agreement([g], spot)[0]) for g, spot in zip(grids, spots)]
+            names = [f"L{k}" for k in range(len(grids))]
+        if frame is not None:
+            names = [*names, "APM"]
+            values = [*(values or []), float(column_agreement([frame.features.astype(np.float32)], (i, j))[0])]
+        out[self.column_plot] = plots.column_figure(names, values, f"The column at ({i}, {j}) across levels")
+        pictures = {self.input_small: record.input_small,
+                    self.islands_image: frame.projection.image if frame is not None else None,
+                    self.teacher_islands: (record.teacher_projection.image
+                                           if record.teacher_projection is not None else None),
+                    self.rgb_image: frame.rgb if frame is not None else None}
+        for component, grid_image in pictures.items():
+            out[component] = plots.mark(grid_image, (i, j)) if grid_image is not None else gr.skip()
+        session.extras["point"] = (i, j)
+        return out
+
+    def share_link(self, recipe, image, teacher, layer, seed, steps, projection, perplexity) -> dict:
+        """The query string of a link that opens the page with these settings (an example image only)."""
+        from urllib.parse import urlencode
+
+        values = {"recipe": recipe, "teacher": teacher, "layer": layer, "seed": seed, "steps": steps,
+                  "projection": projection, "perplexity": perplexity}
+        stem = Path(file_name(image)).stem if image else ""
+        if stem and any(p.stem == stem for p in example_paths()):
+            values["example"] = stem
+        query = {k: (int(v) if isinstance(v, float) and float(v).is_integer() else v)
+                 for k, v in values.items() if v not in (None, "")}
+        return {self.link: gr.update(value="?" + urlencode(query), visible=True)}
+
+    def from_link(self, request: gr.Request = None) -> dict:
+        """Open the page with a shared link's settings (query parameters), ready to run."""
+        params = dict(getattr(request, "query_params", None) or {})
+        params = {k: v for k, v in params.items() if k in LINK_KEYS}
+        if not params:
+            return {self.status: gr.skip()}
+        try:
+            recipe = choice(params.get("recipe", "custom"), RECIPE_CHOICES, "experiment")
+            out = self.on_recipe(recipe)
+            out[self.recipe] = recipe
+            teacher_id = choice(params.get("teacher", experiment(recipe).teacher), TEACHER_CHOICES, "teacher")
+            layer = whole(params["layer"], "layer", 0, 0, 1000) if "layer" in params else None
+            out[self.teacher] = teacher_id
+            out[self.layer] = layer_update(teacher_id, layer)
+            out.update(self._teacher_visibility(teacher_id))
+            if "seed" in params:
+                out[self.seed] = whole(params["seed"], "seed", 0, 0, 2**31 - 1)
+            if "steps" in params:
+                out[self.steps] = whole(params["steps"], "steps", 300, 10, LIMITS.max_steps)
+            if "projection" in params:
+                out[self.projection] = choice(params["projection"], PROJECTION_CHOICES, "islands view")
+            if "perplexity" in params:
+                out[self.perplexity] = number(params["perplexity"], "perplexity", None, *PERPLEXITY_RANGE)
+            if "example" in params:
+                found = [p for p in example_paths() if p.stem == params["example"]]
+                if not found:
+                    raise InputError(f"the link names an example that is not here: {params['example']!r}")
+                out[self.image] = str(found[0])
+        except APMError as exc:
+            return {self.status: status_html(f"this link could not be opened: {user_message(exc)}", "error")}
+        out[self.status] = status_html("Opened a shared link: its settings are set; press Run.")
         return out
 
     # exports
@@ -888,13 +1240,15 @@ def api_run(
     random_weights: bool | None = None,
     labels: str = "",
     features: FileData | None = None,
+    checkpoint: str | None = None,
     request: gr.Request = None,
 ) -> dict:
     """Overfit a fresh APM on an image and stream its progress; the last result carries the islands as files.
 
     Parameters use stable keys: recipe in custom | cls-ttt | dense-distill | teacher-islands; teacher in dinov2,
     dinov2:large-reg4, clip, clip:l14, mvit, file (with `features`); target in dense | global | both; preset in
-    cpu | paper; projection in tsne2d | tsne3d | pca | paper | paper1d. Omitted settings take the recipe's.
+    cpu | paper; projection in tsne2d | tsne3d | pca | paper | paper1d; checkpoint: a shipped checkpoint's name
+    or hf:ORG/REPO, to train further from a trained APM. Omitted settings take the recipe's.
     Each update is a dict: status (plain text), step, total_steps, feat_loss, rgb_loss, n_islands, done; the
     last adds islands (PNG), rgb (PNG), snapshots (.npz) and settings (the run's JSON).
     """
@@ -902,7 +1256,8 @@ def api_run(
     run_id = session.new_run()
     try:
         exp = experiment(recipe, teacher=teacher, layer=layer, target=target, steps=steps, lr=lr, seed=seed,
-                         preset=preset, projection=projection, perplexity=perplexity, random_weights=random_weights)
+                         preset=preset, projection=projection, perplexity=perplexity, random_weights=random_weights,
+                         checkpoint=checkpoint or "")
         if exp.teacher not in {key for _, key in TEACHER_CHOICES}:
             choice(exp.teacher, TEACHER_CHOICES, "teacher")
         image_payload = image.model_dump() if hasattr(image, "model_dump") else image
@@ -910,7 +1265,7 @@ def api_run(
         picture = read_image(image_payload)
         session.view = View(exp, True)
         prepared = prepare_run(exp, picture, file_name(image_payload), features_payload, _labels(labels), run_id,
-                               session.view)
+                               session.view, trained.load(exp.checkpoint, session))
     except Exception as exc:  # noqa: BLE001 - a clear line, never a traceback
         if not isinstance(exc, APMError):
             log.exception("API run failed")

@@ -86,6 +86,29 @@ def pair_gallery() -> list[tuple[Any, str]]:
     return items
 
 
+def trained_walk(session: Session, image_a: Any, image_b: Any, checkpoint: str, frames: Any,
+                 projection: str) -> Iterator[dict]:
+    """A trained APM's walk between two new images, with no training: the same progress dicts as training."""
+    from apm.interpolate import walk_trained
+
+    from .. import trained
+
+    if not image_a or not image_b:
+        raise InputError("give two images: one for each end of the walk (A and B)")
+    frames = whole(frames, "frames", DEFAULT_FRAMES, 2, MAX_FRAMES)
+    projection = WALK_PROJECTIONS[choice(projection or "pca", PROJECTION_CHOICES, "projection")]
+    loaded = trained.load(checkpoint, session)
+    images = [read_image(image_a), read_image(image_b)]
+    empty = {"step": np.zeros(0, np.int64), "feat_loss": np.zeros(0), "rgb_loss": np.zeros(0), "elapsed_s": np.zeros(0)}
+    yield {"stage": "decoding", "note": "", "curve": empty}
+    alphas = np.linspace(0.0, 1.0, frames, dtype=np.float32)
+    features, rgb, own_rgb = walk_trained(loaded.apm, images, alphas)
+    path = project_path(features, projection)
+    endpoint_error = float(max(np.abs(rgb[0] - own_rgb[0]).max(), np.abs(rgb[-1] - own_rgb[1]).max()))
+    yield {"stage": "walk", "note": "no training: ", "curve": empty, "steps_done": 0,
+           "walk": Walk(alphas, rgb, features, path, own_rgb, endpoint_error, trained.describe(loaded))}
+
+
 def train_and_walk(session: Session, run_id: int, image_a: Any, image_b: Any, teacher: str, layer: Any,
                    random_weights: bool, steps: Any, frames: Any, projection: str) -> Iterator[dict]:
     """Train on both images with live progress, then decode the walk. Yields progress dicts:
@@ -182,6 +205,11 @@ class WalkTab:
                                         elem_id="walk-frames")
                 self.projection = gr.Radio(PROJECTION_CHOICES, value="pca", label="Projection",
                                            elem_id="walk-projection")
+                from .. import trained
+
+                self.checkpoint = gr.Dropdown(trained.checkpoint_choices(), value=trained.NONE,
+                                              label="Trained APM: walk its learned column space (no training)",
+                                              elem_id="walk-checkpoint", allow_custom_value=True)
             with gr.Column(scale=3, min_width=300):
                 with gr.Row():
                     panel = {"interactive": False, "height": 170, "min_width": 120, "format": "png",
@@ -223,7 +251,7 @@ class WalkTab:
             return {"api_visibility": "undocumented", "api_name": f"walk_{name}"}
         train = self.train_btn.click(self.begin, None, [self.status], queue=False, trigger_mode="multiple", **private("begin"))
         train.then(self.train, [self.image_a, self.image_b, self.teacher, self.layer, self.random_weights, self.steps,
-                                self.frames, self.projection], self.train_outputs, preprocess=False,
+                                self.frames, self.projection, self.checkpoint], self.train_outputs, preprocess=False,
                    concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train", show_progress="hidden",
                    trigger_mode="multiple", **private("train"))
         self.stop_btn.click(self.stop, None, None, queue=False, **private("stop"))
@@ -257,7 +285,7 @@ class WalkTab:
         with session.lock:
             session.play_id += 1
 
-    def train(self, image_a, image_b, teacher, layer, random_weights, steps, frames, projection,
+    def train(self, image_a, image_b, teacher, layer, random_weights, steps, frames, projection, checkpoint="",
               request: gr.Request = None) -> Iterator[dict]:
         session = session_for(request)
         run_id = session.run_id
@@ -268,8 +296,10 @@ class WalkTab:
                self.scatter: plots.placeholder(plots.WALK_SCATTER_TITLE, "the walk is decoded<br>when training ends",
                                                height=380)}
         try:
-            for update in train_and_walk(session, run_id, image_a, image_b, teacher, layer, random_weights, steps,
-                                         frames, projection):
+            updates = (trained_walk(session, image_a, image_b, checkpoint, frames, projection) if checkpoint else
+                       train_and_walk(session, run_id, image_a, image_b, teacher, layer, random_weights, steps,
+                                      frames, projection))
+            for update in updates:
                 curve = update["curve"]
                 loss = plots.walk_loss(curve["step"], curve["feat_loss"], curve["rgb_loss"])
                 if update["stage"] == "training":
@@ -287,7 +317,8 @@ class WalkTab:
                 else:
                     walk = update["walk"]
                     session.walk = walk
-                    text = (f"{update['note']}trained · {update['steps_done']} steps · {walk.teacher_label} · move "
+                    lead = "trained" if not checkpoint else "through the trained APM's column space"
+                    text = (f"{update['note']}{lead} · {update['steps_done']} steps · {walk.teacher_label} · move "
                             "the slider or press Play")
                     yield {**self.frame_panels(walk, 0), self.status: status_html(text, "done"), self.loss: loss,
                            self.rgb_a: plots.to_uint8(walk.own_rgb[0]), self.rgb_b: plots.to_uint8(walk.own_rgb[1]),

@@ -1,0 +1,60 @@
+"""How fast the page's part-whole instruments answer: `name value` lines.
+
+    python scripts/measure_levels.py
+
+- levels_strip_s_dinov2 / levels_strip_s_mvit: from a chosen image to the strip of every layer's islands
+  (one forward pass of an untrained teacher, PCA colours each), the teacher already built (as after the first
+  image) and the first time (`_cold`, the network built too);
+- point_ms: a click on a grid image to both agreement maps, the marked grid images and the column plot.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    import os
+
+    os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
+    os.environ.setdefault("APM_TEACHER_DISK_CACHE", "0")
+    from app.tabs.islands import IslandsTab  # noqa: F401 - imported by the harness
+    from apm.teachers.base import clear_model_cache
+    from tests.app_harness import Req, example, file_payload, islands, run_islands
+
+    tab = islands()
+    request = Req("measure-levels")
+    for teacher, name in (("dinov2", "dinov2"), ("mvit", "mvit")):
+        clear_model_cache()
+        start = time.perf_counter()
+        tab.on_levels(file_payload(example("house")), teacher, True, request=request)
+        print(f"levels_strip_s_{name}_cold {time.perf_counter() - start:.2f}")
+        start = time.perf_counter()
+        out = tab.on_levels(file_payload(example("face")), teacher, True, request=request)  # a new image
+        assert out[tab.levels]
+        print(f"levels_strip_s_{name} {time.perf_counter() - start:.2f}")
+
+    run_islands(request, example("face"), steps=20)
+
+    class Select:
+        def __init__(self, index):
+            self.index = index
+
+    shown = np.zeros((128, 128, 3), np.uint8)
+    times = []
+    for k in range(20):
+        start = time.perf_counter()
+        tab.on_point(shown, Select([(7 * k) % 128, (11 * k) % 128]), request=request)
+        times.append(time.perf_counter() - start)
+    print(f"point_ms {1000 * float(np.median(times)):.1f}")
+
+
+if __name__ == "__main__":
+    main()

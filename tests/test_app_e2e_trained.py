@@ -1,0 +1,88 @@
+"""End to end, a trained APM in the page (real Chromium): pick a checkpoint, pick an image, its islands appear with
+no training; Run trains it further from there; a damaged checkpoint upload gets a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.app_driver import (
+    CHROMIUM,
+    ROOT,
+    app_server,
+    chromium,
+    click_example,
+    open_accordion,
+    open_app,
+    set_number,
+    shot,
+    text_of,
+    wait_text,
+)
+
+ARTIFACTS = Path(os.environ.get("APM_E2E_ARTIFACTS", ROOT / "tests" / "artifacts" / "e2e"))
+EXAMPLE_FACE = 2
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from apm.fit import FitConfig, fit
+
+    root = tmp_path_factory.mktemp("e2e-ckpt")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("APM_CACHE_DIR", str(root / "cache"))
+    fit(ROOT / "assets" / "examples", root / "run", FitConfig(teacher="dinov2", layer=0, random_weights=True, epochs=2,
+                                                              batch=2, workers=0, val_fraction=0.0, device="cpu"),
+        progress=False)
+    shutil.copytree(root / "run" / "checkpoint", root / "checkpoints" / "tiny")
+    mp.setenv("APM_CHECKPOINTS_DIR", str(root / "checkpoints"))  # the server started below inherits it
+    yield root / "checkpoints" / "tiny"
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    with app_server(ARTIFACTS / "server-trained.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
+    with chromium() as b:
+        yield b
+
+
+def test_trained_apm_islands_at_once_then_run_from_it(browser, server, checkpoint, tmp_path):
+    page = open_app(browser, server)
+    open_accordion(page, "Trained APM (a checkpoint)")
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="tiny (shipped)").click()
+    click_example(page, EXAMPLE_FACE)
+    text = wait_text(page, "status", "from one forward pass", 60_000)
+    assert "no training" in text and "islands" in text
+    page.wait_for_selector("#islands-image img", timeout=15_000)
+    page.wait_for_selector("#rgb-image img", timeout=15_000)
+    assert page.locator("#teacher input").input_value().startswith("DINOv2")
+    shot(page, ARTIFACTS, "20-trained-one-pass")
+
+    open_accordion(page, "Training")
+    set_number(page, "steps", 20)
+    page.click("#run")
+    done = wait_text(page, "status", r"^⚠? ?(stopped|done|cut off)", 120_000)
+    assert "from tiny" in done and "step 20 / 20" in done, done
+    shot(page, ARTIFACTS, "21-trained-run")
+
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(weights[: len(weights) // 4])  # a truncated download
+    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+    page.locator("#checkpoint-files input[type=file]").set_input_files(
+        [str(tmp_path / "model.safetensors"), str(tmp_path / "config.json")])
+    message = wait_text(page, "status", "safetensors", 30_000)
+    assert "not a readable safetensors file" in message and "Traceback" not in message
+    page.close()
