@@ -20,6 +20,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600): give them the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -5,7 +5,9 @@
 - levels_strip_s_dinov2 / levels_strip_s_mvit: from a chosen image to the strip of every layer's islands
   (one forward pass of an untrained teacher, PCA colours each), the teacher already built (as after the first
   image) and the first time (`_cold`, the network built too);
-- point_ms: a click on a grid image to both agreement maps, the marked grid images and the column plot.
+- point_ms: a click on a grid image to both agreement maps, the marked grid images and the column plot;
+- trained_one_pass_s_cold / trained_one_pass_s: the shipped checkpoint's islands of an example image (load, one
+  forward pass, the teacher's grid for fidelity, t-SNE), the first time and for a second image.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def main() -> None:
         tab.on_point(shown, Select([(7 * k) % 128, (11 * k) % 128]), request=request)
         times.append(time.perf_counter() - start)
     print(f"point_ms {1000 * float(np.median(times)):.1f}")
+
+    clear_model_cache()
+    for name, stem in (("trained_one_pass_s_cold", "face"), ("trained_one_pass_s", "house")):
+        start = time.perf_counter()
+        tab.on_trained(file_payload(example(stem)), "dinov2-s-l11-untrained", "tsne2d", True, request=request)
+        print(f"{name} {time.perf_counter() - start:.2f}")
 
 
 if __name__ == "__main__":

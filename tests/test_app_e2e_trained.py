@@ -1,11 +1,9 @@
-"""End to end, a trained APM in the page (real Chromium): pick a checkpoint, pick an image, its islands appear with
+"""End to end, a trained APM in the page (real Chromium): pick the shipped checkpoint, pick an image, its islands appear with
 no training; Run trains it further from there; a damaged checkpoint upload gets a clear message."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -28,20 +26,13 @@ ARTIFACTS = Path(os.environ.get("APM_E2E_ARTIFACTS", ROOT / "tests" / "artifacts
 EXAMPLE_FACE = 2
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from apm.fit import FitConfig, fit
+SHIPPED = ROOT / "checkpoints" / "dinov2-s-l11-untrained"
 
-    root = tmp_path_factory.mktemp("e2e-ckpt")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("APM_CACHE_DIR", str(root / "cache"))
-    fit(ROOT / "assets" / "examples", root / "run", FitConfig(teacher="dinov2", layer=0, random_weights=True, epochs=2,
-                                                              batch=2, workers=0, val_fraction=0.0, device="cpu"),
-        progress=False)
-    shutil.copytree(root / "run" / "checkpoint", root / "checkpoints" / "tiny")
-    mp.setenv("APM_CHECKPOINTS_DIR", str(root / "checkpoints"))  # the server started below inherits it
-    yield root / "checkpoints" / "tiny"
-    mp.undo()
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    assert (SHIPPED / "config.json").is_file(), f"the shipped checkpoint is missing: {SHIPPED}"
+    return SHIPPED
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def test_trained_apm_islands_at_once_then_run_from_it(browser, server, checkpoin
     page = open_app(browser, server)
     open_accordion(page, "Trained APM (a checkpoint)")
     page.locator("#checkpoint input").click()
-    page.get_by_role("option", name="tiny (shipped)").click()
+    page.get_by_role("option", name="dinov2-s-l11-untrained (shipped)").click()
     click_example(page, EXAMPLE_FACE)
     text = wait_text(page, "status", "from one forward pass", 60_000)
     assert "no training" in text and "islands" in text
@@ -75,7 +66,9 @@ def test_trained_apm_islands_at_once_then_run_from_it(browser, server, checkpoin
     set_number(page, "steps", 20)
     page.click("#run")
     done = wait_text(page, "status", r"^⚠? ?(stopped|done|cut off)", 120_000)
-    assert "from tiny" in done and "step 20 / 20" in done, done
+    assert "from dinov2-s-l11-untrained" in done and "step 20 / 20" in done, done
+    first_loss = page.evaluate("() => document.querySelector('#loss-plot .js-plotly-plot').data[0].y[0]")
+    assert first_loss < 0.7, first_loss  # a fresh APM starts near 1 (the target is scaled to unit RMS)
     shot(page, ARTIFACTS, "21-trained-run")
 
     weights = (checkpoint / "model.safetensors").read_bytes()
