@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     p.add_argument("--rgb-weight", type=float, default=1.0, help="weight of the RGB loss")
     p.add_argument("--val-fraction", type=float, default=0.1, help="images held out for the validation fidelity")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes per training process")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes per training process (default: none on a small CPU, up to 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="fp32")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")

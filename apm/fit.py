@@ -56,7 +56,7 @@ class FitConfig:
     lr: float | None = None  # Adam; None: the preset's
     rgb_weight: float = 1.0
     val_fraction: float = 0.1  # held out for the validation fidelity
-    workers: int = 1  # DataLoader worker processes (per training process)
+    workers: int | None = None  # DataLoader worker processes per training process; None: auto (see `loader_workers`)
     seed: int = 0  # initialisation, split and data order
     precision: str = "fp32"  # fp32, bf16 or auto (bf16 only where native)
     device: str = "auto"  # auto, cpu, cuda (cuda:LOCAL_RANK under torchrun)
@@ -66,7 +66,7 @@ class FitConfig:
     def validate(self) -> None:
         if self.preset not in MODEL_PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; choose one of: {', '.join(MODEL_PRESETS)}")
-        if self.epochs < 1 or self.batch < 1 or self.workers < 0 or self.log_every < 1:
+        if self.epochs < 1 or self.batch < 1 or (self.workers or 0) < 0 or self.log_every < 1:
             raise InputError("--epochs and --batch must be at least 1, --workers at least 0")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
@@ -128,6 +128,16 @@ def _barrier(d: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def loader_workers(requested: int | None, world: int = 1) -> int:
+    """DataLoader workers: as asked, or auto: none on a small CPU (reading the memory-mapped cache in the training
+    process is faster there than feeding a worker: measured on 2 cores, 1.03 x the in-memory rate against 0.90 x
+    with one worker), and up to 4 per process where cores are left over after training."""
+    if requested is not None:
+        return int(requested)
+    spare = (os.cpu_count() or 1) // max(world, 1) - 2
+    return max(0, min(4, spare))
 
 
 # the model as DDP sees it: tensors out
@@ -282,9 +292,10 @@ def fit(
     train_set, val_set = CachedImages(cache, train_hashes), CachedImages(cache, val_hashes)
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True,
                                                   seed=config.seed, drop_last=True)
+    workers = loader_workers(config.workers, d.world)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=config.batch // d.world, sampler=sampler, num_workers=config.workers,
-        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+        train_set, batch_size=config.batch // d.world, sampler=sampler, num_workers=workers,
+        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
     steps_per_epoch = len(loader)
 

@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="dinov2")
     parser.add_argument("--layer", type=int, default=None)
     parser.add_argument("--random-weights", action="store_true")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: apm.fit's auto)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

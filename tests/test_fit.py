@@ -232,3 +232,16 @@ def test_cli_overfit_from_a_checkpoint(folder, env, capsys):
     assert summary["target"]["layer"] == 0 and summary["target"]["random_weights"] is True  # the checkpoint's
     assert main(["overfit", str(image), "--recipe", "trained-apm", "--out", str(out)]) == 1
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_loader_workers_change_nothing_but_speed(folder, env):
+    """Two DataLoader worker processes read the same cache rows in the same order: the same weights."""
+    from apm.fit import loader_workers
+
+    fit(folder, env / "w0", config(epochs=1, workers=0), progress=False)
+    fit(folder, env / "w2", config(epochs=1, workers=2), progress=False)
+    a = load_tensors(env / "w0" / "checkpoint" / "model.safetensors")
+    b = load_tensors(env / "w2" / "checkpoint" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert loader_workers(3) == 3 and loader_workers(None, world=64) == 0
