@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
-from apm.live import prioritise_training
+from apm.live import prioritise_training, serve_single_threaded
 from app.ui import CSS, MAX_QUEUE, build_demo
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 # training processes (forked from a helper thread started here) run before the web server's threads on 2 cores
 prioritise_training()
+# the server's own torch work on one thread: training processes get the cores, and OpenMP stays fast in them
+serve_single_threaded()
 
 demo = build_demo()
 demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=2)

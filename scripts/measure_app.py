@@ -86,7 +86,7 @@ def _server_pid(port: int) -> int:
 def settings(image, steps: int) -> list:
     """The page's inputs to `/prepare`, in order (IslandsTab.settings_inputs, then 'comparable colours')."""
     return ["custom", image, "dinov2", 11, True, None, "dense", "", "cpu", steps, 1e-3, "constant", 0, 10, 1.0,
-            "mse", True, "torch", "attention", "auto", "tsne2d", 30, "cosine", "pca", True]
+            "mse", True, "torch", "attention", "auto", "tsne2d", 30, "cosine", "pca", "", True]
 
 
 def client_run(url: str, image: str, steps: int) -> dict:
