@@ -116,6 +116,13 @@ def mark(image: np.ndarray, location: tuple[int, int] | None) -> np.ndarray:
     return out
 
 
+def highlight(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A grid image (h, w, 3) with the locations outside `mask` (h, w) dimmed, as `grid_image` enlarges."""
+    picture = np.asarray(image, dtype=np.float32) if np.asarray(image).dtype != np.uint8 else image / 255.0
+    lit = np.where(np.asarray(mask, dtype=bool)[..., None], picture, 0.25 * picture + 0.6)
+    return grid_image(lit)
+
+
 # zero-shot labels
 
 def labels_html(pairs: list[tuple[str, float]] | None, title: str, empty: str = "none yet") -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .tabs.islands import IslandsTab, api_run, api_stop
+from .tabs.islands import PLOT_EVENTS_JS, IslandsTab, api_run, api_stop
 from .tabs.walk import WalkTab, api_walk
 from .widgets import LIMITS, unload
 
 MAX_QUEUE = LIMITS.max_queue
 
 CSS = """
+.apm-offscreen { position: absolute !important; left: -10000px; width: 1px; height: 1px; overflow: hidden; }
 .apm-status { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 14px; padding: 8px 12px;
               border-radius: 8px; background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
               overflow-wrap: anywhere; }
@@ -107,6 +108,7 @@ def build_demo() -> gr.Blocks:
         gr.api(api_walk, api_name="walk", concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train")
         demo.load(islands.from_link, None, islands.link_outputs, queue=False, api_visibility="undocumented",
                   api_name="islands_from_link")
+        demo.load(None, None, None, js=PLOT_EVENTS_JS)  # plotly hover / click events into the page's events
         demo.unload(unload)
     demo.islands, demo.walk = islands, walk  # the tabs' components, for tests and scripts
     return demo

@@ -205,18 +205,27 @@ def wait_text(page, elem_id: str, pattern: str, timeout_ms: int = 120_000) -> st
     return text_of(page, elem_id)
 
 
-def set_number(page, elem_id: str, value) -> None:
-    """Type into a slider's or number box's input, as a user does (Enter commits it)."""
+def set_number(page, elem_id: str, value, attempts: int = 3) -> None:
+    """Type into a slider's or number box's input, as a user does (Enter commits it). A slider's range input
+    follows once the component has taken the value: only then is it what a Run sends. An update from the server
+    arriving at the same moment can re-render the box; the user would type again, and so does this."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-    # a slider's range input follows once the component has taken the value: only then is it what a Run sends
-    page.wait_for_function(
-        """([id, v]) => { const r = document.querySelector(`#${id} input[type=range]`);
-                          return !r || Number(r.value) === Number(v); }""",
-        arg=[elem_id, value], timeout=10_000,
-    )
+    for attempt in range(attempts):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        try:
+            page.wait_for_function(
+                """([id, v]) => { const r = document.querySelector(`#${id} input[type=range]`);
+                                  return !r || Number(r.value) === Number(v); }""",
+                arg=[elem_id, value], timeout=5_000,
+            )
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
 
 
 def open_accordion(page, label: str) -> None:

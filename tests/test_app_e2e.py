@@ -313,7 +313,16 @@ def test_levels_then_point_at_a_location(browser, server):
     page.locator("#agreement-apm").scroll_into_view_if_needed()
     shot(page, ARTIFACTS, "11-agreement", full_page=False)
     page.locator("#part-whole-tree").scroll_into_view_if_needed()
+    segment = page.locator("#part-whole-tree g.slice").nth(3)  # a segment of the first finer level
+    segment.hover()
+    wait_text(page, "status", "^segment L", 15_000)  # its locations lit on the grid images
     shot(page, ARTIFACTS, "12-tree", full_page=False)
+    page.locator("#islands-plot").scroll_into_view_if_needed()
+    point = page.locator("#islands-plot .scatterlayer .point").nth(40).bounding_box()
+    page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)  # plotly's hover layer
+    page.wait_for_function("() => (document.querySelector('#column-agreement .js-plotly-plot') || {}).data"
+                           " && document.querySelector('#column-agreement .gtitle').textContent.includes('(2, 8)')",
+                           timeout=15_000)  # point 40 of a 16 x 16 grid is location (2, 8)
     no_page_errors(page)
     page.close()
 

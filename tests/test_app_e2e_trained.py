@@ -79,3 +79,23 @@ def test_trained_apm_islands_at_once_then_run_from_it(browser, server, checkpoin
     message = wait_text(page, "status", "safetensors", 30_000)
     assert "not a readable safetensors file" in message and "Traceback" not in message
     page.close()
+
+
+def test_interpolation_through_the_trained_apm(browser, server, checkpoint):
+    """The Interpolation tab with the shipped checkpoint: two images walked with no training at all."""
+    page = open_app(browser, server)
+    page.get_by_role("tab", name="Interpolation").click()
+    page.wait_for_selector("#walk-train", state="visible")
+    click_example(page, 0, "walk-examples")
+    page.wait_for_selector("#walk-image-a img", timeout=30_000)
+    page.wait_for_selector("#walk-image-b img", timeout=30_000)
+    page.locator("#walk-checkpoint input").click()
+    page.get_by_role("option", name="dinov2-s-l11-untrained (shipped)").click()
+    page.click("#walk-train")
+    text = wait_text(page, "walk-status", "column space", 60_000)
+    assert "0 steps" in text and "training on both" not in text, text
+    page.wait_for_selector("#walk-islands img", timeout=15_000)
+    page.locator("#walk-alpha input[type=range]").fill("3")
+    wait_text(page, "walk-status", r"frame 4 \/", 30_000)
+    shot(page, ARTIFACTS, "22-trained-walk")
+    page.close()

@@ -476,3 +476,27 @@ def test_a_shared_link_reproduces_the_settings():
     assert is_skip(by_id(tab.from_link(LinkRequest({})))["status"])
     uploaded = by_id(tab.share_link("custom", None, "dinov2", 11, 0, 300, "tsne2d", 30))["share-link"]["value"]
     assert "example" not in uploaded
+
+
+def test_hovering_the_scatter_or_a_tree_segment_lights_up_locations(finished):
+    """Plotly's hover / click events arrive through the hidden box as 'loc:<index>:<n>' or 'seg:<id>:<n>'."""
+    request, _, _, session = finished
+    tab = islands()
+    out = by_id(tab.on_pick("loc:37:1", request=request))  # location 37 of a 16 x 16 grid: (2, 5)
+    assert session.extras["point"] == (2, 5) and out["agreement-apm"].shape == (256, 256, 3)
+    from apm.islands import part_whole_tree
+
+    frame = session.run.frames[session.run.shown]
+    node = part_whole_tree(frame.features.astype(np.float32)).at(2)[0]
+    lit = by_id(tab.on_pick(f"seg:{node.id}:2", request=request))
+    assert f"segment {node.id}: {node.size} locations" in plain(lit["status"])
+    image = lit["input-small"]  # 16 pixels a location: inside the segment the input is unchanged, outside dimmed
+    inside = np.argwhere(node.mask)[0]
+    outside = np.argwhere(~node.mask)[0]
+    plain_input = islands_module.plots.grid_image(session.run.input_small)
+    np.testing.assert_array_equal(image[16 * inside[0] + 8, 16 * inside[1] + 8],
+                                  plain_input[16 * inside[0] + 8, 16 * inside[1] + 8])
+    assert not np.array_equal(image[16 * outside[0] + 8, 16 * outside[1] + 8],
+                              plain_input[16 * outside[0] + 8, 16 * outside[1] + 8])
+    for junk in ("", "loc:abc:3", "loc:99999:4", "seg:L9.9:5", "zap:1:1"):
+        assert is_skip(by_id(tab.on_pick(junk, request=request))["status"])

@@ -108,8 +108,16 @@ def long_run(client, image):
     return job
 
 
-RUN_PARAMETERS = ("image", "recipe", "teacher", "layer", "target", "steps", "lr", "seed", "preset", "projection",
-                  "perplexity", "random_weights", "labels", "features")  # /run's, in order
+def _run_parameters() -> tuple[str, ...]:
+    """/run's parameters, in order (read off the function, so a new parameter never shifts them)."""
+    import inspect
+
+    from app.tabs.islands import api_run
+
+    return tuple(name for name in inspect.signature(api_run).parameters if name != "request")
+
+
+RUN_PARAMETERS = _run_parameters()
 
 
 def run_data(image: dict, **values) -> list:

@@ -82,6 +82,35 @@ QUICK_FIT = {"early_exaggeration_iters": 25, "full_iters": 25}  # the first live
 LIVE_WARM_ITERS = 5  # t-SNE steps per live frame: the embedding keeps converging over the frames
 LEVEL_PX = 112  # side of one image of the levels strip
 LINK_KEYS = ("example", "recipe", "teacher", "layer", "seed", "steps", "projection", "perplexity")
+# plotly's hover and click events reach the server through a hidden box: hovering a point of the islands scatter
+# names its location ('loc:<index>'), clicking a segment of the part-whole tree names it ('seg:<id>'); a counter
+# makes each event a new value
+PLOT_EVENTS_JS = """() => {
+    const send = (text) => {
+        const box = document.querySelector('#plot-pick textarea, #plot-pick input');
+        if (!box) return;
+        window.__apmPick = (window.__apmPick || 0) + 1;
+        box.value = text + ':' + window.__apmPick;
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+    };
+    const hook = () => {
+        const scatter = document.querySelector('#islands-plot .js-plotly-plot');
+        if (scatter && scatter.on && !scatter.__apmHooked) {
+            scatter.__apmHooked = true;
+            scatter.on('plotly_hover', (e) => { const p = e.points && e.points[0]; if (p) send('loc:' + p.pointNumber); });
+            scatter.on('plotly_click', (e) => { const p = e.points && e.points[0]; if (p) send('loc:' + p.pointNumber); });
+        }
+        const tree = document.querySelector('#part-whole-tree .js-plotly-plot');
+        if (tree && tree.on && !tree.__apmHooked) {
+            tree.__apmHooked = true;
+            const seg = (e) => { const p = e.points && e.points[0]; if (p && p.id) send('seg:' + p.id); };
+            tree.on('plotly_hover', seg);
+            tree.on('plotly_click', seg);
+        }
+    };
+    new MutationObserver(hook).observe(document.body, {childList: true, subtree: true});
+    hook();
+}"""
 # the browser copies the link (the clipboard may be refused: the box shows it either way)
 COPY_LINK_JS = """(query) => {
     const url = window.location.origin + window.location.pathname + query;
@@ -463,7 +492,10 @@ class IslandsTab:
                                                       **point_image)
                     self.column_plot = gr.Plot(plots.column_figure([], None), label="Its column across levels",
                                                elem_id="column-agreement", min_width=260)
-                self.tree_plot = gr.Plot(plots.tree_figure(None), label="Part-whole tree", elem_id="part-whole-tree")
+                self.tree_plot = gr.Plot(plots.tree_figure(None), label="Part-whole tree (hover or click a segment: its "
+                                         "locations light up on the grid images)", elem_id="part-whole-tree")
+                self.pick = gr.Textbox(elem_id="plot-pick", container=False, elem_classes=["apm-offscreen"],
+                                       show_label=False, lines=1)
                 self.loss_plot = gr.Plot(plots.placeholder("Loss and whole to part", "press Run"), label="Loss curves",
                                          elem_id="loss-plot")
                 with gr.Row(equal_height=False):
@@ -600,6 +632,9 @@ class IslandsTab:
         for image in self.grid_images:
             image.select(self.on_point, [image], self.point_outputs, concurrency_limit=4, concurrency_id="view",
                          show_progress="hidden", trigger_mode="always_last", **private("point"))
+        # hovering the scatter or a tree segment (plotly events, through the hidden box)
+        self.pick.change(self.on_pick, [self.pick], self.point_outputs, concurrency_limit=4, concurrency_id="view",
+                        show_progress="hidden", trigger_mode="always_last", **private("pick"))
         # a shareable link: built here, copied by the browser
         self.copy_link.click(self.share_link, self.link_inputs, [self.link], queue=False, preprocess=False,
                              **private("link")).then(None, [self.link], [self.link], js=COPY_LINK_JS)
@@ -1034,6 +1069,42 @@ class IslandsTab:
         x, y = evt.index[0], evt.index[1]
         i = min(h - 1, max(0, int(y * h / picture.shape[0])))
         j = min(w - 1, max(0, int(x * w / picture.shape[1])))
+        return self._point(session, record, i, j)
+
+    def on_pick(self, value: str, request: gr.Request = None) -> dict:
+        """A plotly event from the page: 'loc:<index>:<n>' (a scatter point) or 'seg:<id>:<n>' (a tree segment)."""
+        session = session_for(request)
+        record = session.run
+        kind, _, rest = str(value or "").partition(":")
+        target = rest.rsplit(":", 1)[0]
+        if record is None or not record.frames or kind not in ("loc", "seg"):
+            return {self.status: gr.skip()}
+        h, w = record.grid_shape
+        if kind == "loc":
+            try:
+                index = int(target)
+            except ValueError:
+                return {self.status: gr.skip()}
+            if not 0 <= index < h * w:
+                return {self.status: gr.skip()}
+            return self._point(session, record, index // w, index % w)
+        frame = record.frames[record.shown] if 0 <= record.shown < len(record.frames) else record.frames[-1]
+        tree = part_whole_tree(frame.features.astype(np.float32))
+        node = next((n for n in tree.nodes if n.id == target), None)
+        if node is None:
+            return {self.status: gr.skip()}
+        out = {self.status: status_html(f"segment {node.id}: {node.size} locations at level {node.level} of the "
+                                        f"part-whole tree, lit on the grid images")}
+        pictures = {self.input_small: record.input_small, self.islands_image: frame.projection.image,
+                    self.teacher_islands: (record.teacher_projection.image
+                                           if record.teacher_projection is not None else None),
+                    self.rgb_image: frame.rgb}
+        for component, grid_image in pictures.items():
+            out[component] = plots.highlight(grid_image, node.mask) if grid_image is not None else gr.skip()
+        return out
+
+    def _point(self, session: Session, record: RunRecord, i: int, j: int) -> dict:
+        h, w = record.grid_shape
         frame = record.frames[record.shown] if record.frames and 0 <= record.shown < len(record.frames) else (
             record.frames[-1] if record.frames else None)
         out = {self.status: gr.skip()}
