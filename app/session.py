@@ -120,12 +120,7 @@ class Session:
 
     def stop(self) -> None:
         """Stop: the run in progress ends after its step, a prepared run never starts, Play pauses."""
-        with self.lock:
-            self.run_id += 1
-            self.play_id += 1
-            self.prepared = None
-            if self.run is not None and self.run.live is not None:
-                self.run.live.stop()
+        self.new_run()
 
     def close(self) -> None:
         self.stop()

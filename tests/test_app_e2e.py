@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.app_driver import (
+    JS_WATCH_STATUS,
     CHROMIUM,
     JS_ISLAND_POINTS,
     JS_WEBGL_STATE,
@@ -136,10 +137,15 @@ def test_a_broken_file_over_an_example_gets_our_message(browser, server, corpus)
     wait_text(page, "status", "ready")
     for name, words in (("empty", "empty"), ("text_as_png", "not an image")):
         page.locator("#input-image input[type=file]").set_input_files(str(corpus[name]))
-        error = wait_text(page, "status", "^⚠", 30_000)
+        error = wait_text(page, "status", "^⚠.*" + re.escape(corpus[name].name), 30_000)  # this file's message
         assert words in error and corpus[name].name in error, error
+        page.evaluate(JS_WATCH_STATUS)  # Run replaces the upload's message: wait for the one after "starting"
         page.click("#run")
-        again = wait_text(page, "status", "^⚠|^training", 60_000)
+        page.wait_for_function("""() => { const log = window.__statusLog || [];
+            const k = log.findIndex(e => e.text.includes('starting'));
+            return k >= 0 && log.slice(k + 1).some(e => /^\\s*(⚠|training)/.test(e.text.split('\\n').pop())); }""",
+                               timeout=60_000)
+        again = text_of(page, "status")
         assert again.startswith("⚠") and words in again, again
         body = page.locator("body").inner_text()
         assert "Traceback" not in body and "preprocess" not in body and "/tmp/" not in body, body[-500:]
