@@ -297,7 +297,10 @@ def live_frames(prepared: Prepared, session: Session) -> Iterator[Frame]:
             pending, asked = None, False
             frames, total_cpu = frames + 1, total_cpu + cost
             yield frame
-            next_at = started + max(LIMITS.frame_interval_s, cost / LIMITS.render_share)
+            # a steady cadence (a late snapshot does not push every later frame back), never more CPU than the
+            # render share, and never two frames back to back after a stall
+            interval = LIMITS.frame_interval_s
+            next_at = max(next_at + interval, started + cost / LIMITS.render_share, started + interval / 2)
         live.join()
         if live.error is not None:
             raise live.error
