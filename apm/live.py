@@ -434,11 +434,26 @@ def serve_single_threaded() -> int:
     55 steps/s for the `cpu` preset). With the server's torch on one thread (no teams at all), each training
     process (the process backend) sets the thread count it had before, and trains at full speed. Returns it.
     """
-    global _TRAIN_THREADS
+    global _TRAIN_THREADS, _BLAS_PIN
     if _TRAIN_THREADS is None:
         _TRAIN_THREADS = torch.get_num_threads()
         torch.set_num_threads(1)
+        _BLAS_PIN = _pin_blas()
     return _TRAIN_THREADS
+
+
+_BLAS_PIN = None  # keeps numpy's BLAS on one thread for the server's lifetime
+
+
+def _pin_blas():
+    """numpy's BLAS on one thread for good. Its products in a server (projections, agreement maps) are small,
+    and a BLAS thread pool that is resized while another thread multiplies (or that a fork shuts down under a
+    running product) can spin forever: with one thread there is no pool to resize."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def prioritise_training(niceness: int = 10) -> bool:

@@ -21,6 +21,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # teacher outputs cached by the tests go to a throwaway folder, not the user's ~/.cache/apm
 os.environ.setdefault("APM_CACHE_DIR", tempfile.mkdtemp(prefix="apm-test-cache-"))
 
+# numpy's BLAS on one thread, as the app pins it (apm.live.serve_single_threaded): the tests run the app's
+# handlers in this process, several sessions in threads at once
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+_BLAS_PIN = threadpool_limits(limits=1, user_api="blas")
+
 
 # broken / unusual input corpus (tests/corpus/make_corpus.py)
 
