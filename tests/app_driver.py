@@ -90,6 +90,22 @@ def app_server(log_path: Path, timeout_s: float = 180.0) -> Iterator[str]:
             stop_process(proc)
 
 
+@contextmanager
+def app_server_for(request, log_path: Path) -> Iterator[str]:
+    """`app_server` for a module's tests; when any of them failed, the server log's tail goes to the terminal
+    (pytest does not show it, and in CI it is the first thing to read)."""
+    failed_before = request.session.testsfailed
+    try:
+        with app_server(log_path) as url:
+            yield url
+    finally:
+        if request.session.testsfailed > failed_before and log_path.exists():
+            tail = log_path.read_text(errors="replace").splitlines()[-60:]
+            sys.__stdout__.write(f"\n--- last lines of {log_path} (a test using this server failed) ---\n"
+                                 + "\n".join(tail) + "\n---\n")
+            sys.__stdout__.flush()
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     """Terminate the server (and only its own process group, which it leads), then kill if it lingers."""
     if proc.poll() is not None:

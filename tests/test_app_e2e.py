@@ -21,7 +21,7 @@ from tests.app_driver import (
     JS_ISLAND_POINTS,
     JS_WEBGL_STATE,
     ROOT,
-    app_server,
+    app_server_for,
     chromium,
     click_example,
     js_step_above,
@@ -43,8 +43,8 @@ JS_ISLANDS_TYPE = """() => { const el = document.querySelector('#islands-plot .j
 
 
 @pytest.fixture(scope="module")
-def server():
-    with app_server(ARTIFACTS / "server.log") as url:
+def server(request):
+    with app_server_for(request, ARTIFACTS / "server.log") as url:
         yield url
 
 

@@ -11,7 +11,7 @@ import pytest
 from tests.app_driver import (
     CHROMIUM,
     ROOT,
-    app_server,
+    app_server_for,
     chromium,
     click_example,
     open_accordion,
@@ -36,8 +36,8 @@ def checkpoint():
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint):
-    with app_server(ARTIFACTS / "server-trained.log") as url:
+def server(checkpoint, request):
+    with app_server_for(request, ARTIFACTS / "server-trained.log") as url:
         yield url
 
 
