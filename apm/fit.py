@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +33,7 @@ from .checkpoint import load_tensors, save_tensors
 from .data import CachedImages, CacheKey, FeatureCache, list_images, split
 from .device import autocast_dtype, resolve_device
 from .errors import InputError
-from .io import save_json, write_atomic
+from .io import save_json
 from .model import APM, MODEL_PRESETS, model_config_for
 from .train import TRAIN_PRESETS
 

@@ -78,8 +78,6 @@ def load(value: str, session: Session) -> Loaded | None:
             return _cache[key]
     apm = APM.from_pretrained(folder)  # a clear InputError for a missing, damaged or mismatched checkpoint
     meta = dict(getattr(apm, "meta", {}) or {})
-    if not meta.get("teacher"):
-        meta.setdefault("teacher", None)
     loaded = Loaded(apm, name, meta)
     with _lock:
         _cache[key] = loaded

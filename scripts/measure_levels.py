@@ -27,7 +27,6 @@ def main() -> None:
 
     os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
     os.environ.setdefault("APM_TEACHER_DISK_CACHE", "0")
-    from app.tabs.islands import IslandsTab  # noqa: F401 - imported by the harness
     from apm.teachers.base import clear_model_cache
     from tests.app_harness import Req, example, file_payload, islands, run_islands
 

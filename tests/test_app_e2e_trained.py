@@ -18,7 +18,6 @@ from tests.app_driver import (
     open_app,
     set_number,
     shot,
-    text_of,
     wait_text,
 )
 

@@ -8,9 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from app.widgets import STORE
 from tests.app_harness import EXAMPLES, Req, by_id, example, file_payload, is_error, islands, parse_status, plain, run_islands

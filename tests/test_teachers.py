@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,7 +351,7 @@ def test_unreachable_network_error(monkeypatch, tmp_path):
         download_weights(["dinov3"])
 
 
-def _fill_hub_cache(cache: Path, repo_id: str, filename: str, data: bytes) -> None:  # noqa: F821
+def _fill_hub_cache(cache: Path, repo_id: str, filename: str, data: bytes) -> None:
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     commit = "0" * 40
     (repo / "snapshots" / commit).mkdir(parents=True)
