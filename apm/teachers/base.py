@@ -238,9 +238,21 @@ class Teacher(abc.ABC):
         # the network itself is built at the first forward pass (an output-cache hit never builds it)
         self.weights_path: str | None = None
         if not self.random_weights:
-            self.weights_path = fetch_weights(self.weight_source(self.model_id), teacher=self.name, model_id=self.model_id)
+            self.weights_path = fetch_weights(self.weight_source(self.model_id), teacher=self.short_id, model_id=self.model_id)
 
     # static description
+
+    @classmethod
+    def short_id_for(cls, model_id: str) -> str:
+        """The shortest teacher id naming this variant: 'dinov2' for the default, else 'dinov2:imgfocus'."""
+        if model_id == cls.Config().model_id:
+            return cls.name
+        aliases = sorted((a for a, target in cls.ALIASES.items() if target == model_id), key=len)
+        return f"{cls.name}:{aliases[0] if aliases else model_id}"
+
+    @property
+    def short_id(self) -> str:
+        return self.short_id_for(self.model_id)
 
     @classmethod
     def image_size_of(cls, config: Any) -> int:

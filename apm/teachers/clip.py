@@ -161,7 +161,7 @@ class CLIPTeacher(Teacher):
         try:  # open_clip's own loader, pointed at the cached file
             return open_clip.create_model(name, pretrained=path, require_pretrained=True, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
-            raise weights_broken(self.name, self.model_id, path, exc) from None
+            raise weights_broken(self.short_id, self.model_id, path, exc) from None
 
     def _verify(self, module: torch.nn.Module) -> None:
         visual, cfg = module.visual, _arch(self.model_id)

