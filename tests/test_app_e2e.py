@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.app_driver import (
-    JS_WATCH_STATUS,
     CHROMIUM,
     JS_ISLAND_POINTS,
+    JS_WATCH_STATUS,
     JS_WEBGL_STATE,
     ROOT,
     app_server_for,

@@ -4,7 +4,6 @@ export). Shares the server and browser setup of `test_app_e2e.py`."""
 from __future__ import annotations
 
 import re
-import time
 
 from tests.app_driver import click_example, open_app, set_number, shot, text_of, wait_text
 from tests.test_app_e2e import ARTIFACTS, browser, no_page_errors, server  # noqa: F401 - pytest fixtures

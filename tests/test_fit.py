@@ -16,7 +16,7 @@ from PIL import Image
 
 from apm.checkpoint import load_tensors
 from apm.cli import main
-from apm.data import CacheKey, CachedImages, FeatureCache, list_images, split
+from apm.data import CachedImages, CacheKey, FeatureCache, list_images, split
 from apm.errors import InputError
 from apm.fit import FitConfig, fit
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 import struct
 import time
@@ -379,6 +380,6 @@ def test_corpus_feature_files(corpus, corpus_dir):
     assert dtype == np.dtype(object)
     t = torch.load(corpus["feat_good_pt"], weights_only=True)
     assert torch.equal(t, torch.from_numpy(good))
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(corpus["feat_pickle_pt"], weights_only=True)
     assert not (corpus_dir / PICKLE_MARKER).exists()  # nothing above ran the canary

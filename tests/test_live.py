@@ -38,7 +38,7 @@ def live_threads() -> list[threading.Thread]:
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_history_latest_and_snapshots(image, target, backend):
     live = LiveRun(make_run(image, target, steps=30), backend=backend).start()
-    seen, watched = 0, []
+    watched = []
     for snap in live.stream(timeout=5.0):
         watched.append(snap.step)
     assert live.finished and live.status == "done" and live.stop_reason == "steps" and live.error is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_snapshots_record_every_k_and_last():
     assert last.rgb.shape == (8, 8, 3) and 0 <= last.rgb.min() and last.rgb.max() <= 1
     assert all(s.elapsed_s >= 0 and s.lr == 1e-3 for s in snaps)
     assert last.loss == pytest.approx(last.feat_loss + last.rgb_loss, rel=1e-4)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         last.step = 3  # frozen
 
 

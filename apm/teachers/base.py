@@ -315,7 +315,7 @@ class Teacher(abc.ABC):
     def _build(self) -> torch.nn.Module:
         """Build the network on CPU: from `self.weights_path`, or random init when `self.random_weights`."""
 
-    def _verify(self, module: torch.nn.Module) -> None:
+    def _verify(self, module: torch.nn.Module) -> None:  # noqa: B027 - optional hook
         """Raise RuntimeError if the built network disagrees with the adapter's static layer table."""
 
     @abc.abstractmethod
@@ -326,7 +326,7 @@ class Teacher(abc.ABC):
     def _make_preprocess(self) -> Preprocess:
         """The image -> tensor transform this teacher's weights expect (from the library's pretrained config)."""
 
-    def _check_config(self) -> None:
+    def _check_config(self) -> None:  # noqa: B027 - optional hook
         """Raise `InputError` for config values the adapter cannot use (layer known; nothing loaded yet)."""
 
     def _model_key(self) -> tuple:
