@@ -15,13 +15,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from apm.islands import IslandMetrics, Projection
 from apm.live import LiveRun
 from apm.recipes import Experiment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Prepared, View
+    from .tabs.walk import Walk
 
 SESSION_TTL_S = 3600.0  # a session idle this long is dropped with its files
 MAX_SESSIONS = 64  # beyond this the least recently used session is dropped
@@ -67,7 +71,6 @@ class RunRecord:
     frames: list[Frame] = field(default_factory=list)
     status: str = "running"  # running | done | stopped | failed
     note: str = ""  # why it ended, when that needs saying
-    shown: int = -1  # index of the frame the page shows (the timeline's)
 
     def add_frame(self, frame: Frame) -> None:
         self.frames.append(frame)
@@ -89,18 +92,56 @@ class RunRecord:
         return self.live.history.arrays()
 
 
+@dataclass(frozen=True)
+class Levels:
+    """The teacher's grid at every layer for the image on the page (the levels strip; pointing reads it)."""
+
+    teacher: str  # the teacher id they came from
+    grids: list[np.ndarray]  # one (h, w, d) grid per layer
+
+
+@dataclass
+class IslandsState:
+    """What the Islands tab holds for one session."""
+
+    run: RunRecord | None = None  # the run the page shows (training, finished, or one trained APM's pass)
+    prepared: Prepared | None = None  # the next run, validated and built, waiting for its stream
+    view: View | None = None  # how islands are drawn now (a live run reads it for every frame)
+    levels: Levels | None = None  # the levels strip of the image on the page
+    point: tuple[int, int] | None = None  # the location last pointed at
+    shown: int = -1  # index of the frame the page shows (the timeline's; -1: the newest)
+    reprojected: dict[int, Projection] = field(default_factory=dict)  # frames drawn again in a newer view, by index
+    stale: bool = False  # the view changed after the run's frames were drawn: show them drawn again
+
+    def show(self, record: RunRecord) -> None:
+        """A new run on the page: nothing of the old one's view stays."""
+        self.run, self.shown, self.stale = record, -1, False
+        self.reprojected.clear()
+
+    def shown_frame(self) -> Frame | None:
+        """The frame the page shows, in the current view (None before any frame)."""
+        record = self.run
+        if record is None or not record.frames:
+            return None
+        index = self.shown if 0 <= self.shown < len(record.frames) else len(record.frames) - 1
+        frame = record.frames[index]
+        if index in self.reprojected:
+            from dataclasses import replace
+
+            frame = replace(frame, projection=self.reprojected[index])
+        return frame
+
+
 class Session:
-    """One tab: its current run, the walk of the interpolation tab, and a private folder for exports."""
+    """One browser tab: each page tab's state, the run id that stops old runs, and a private folder for exports."""
 
     def __init__(self, session_id: str, root: Path):
         self.session_id = session_id
         self.lock = threading.Lock()
-        self.run: RunRecord | None = None
-        self.prepared: Any = None  # the Islands tab's next run, validated and built, waiting for its stream
-        self.walk: Any = None  # the interpolation tab's trained walk
-        self.view: Any = None  # the projection settings the page shows now (a live run reads them per frame)
-        self.extras: dict[str, Any] = {}  # tab-specific caches (levels of the current image, ...)
+        self.islands = IslandsState()  # the Islands tab
+        self.walk: Walk | None = None  # the Interpolation tab's trained walk
         self.run_id = 0  # the newest run asked for; an older run that sees a newer id stops
+        self.stopped_id = -1  # the run id Stop made (a run it ended says so; one a newer Run ended goes quiet)
         self.play_id = 0  # the newest Play of the walk; an older one stops
         self.last_seen = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
@@ -110,28 +151,32 @@ class Session:
         with self.lock:
             self.run_id += 1
             self.play_id += 1
-            self.prepared = None
-            if self.run is not None and self.run.live is not None:
-                self.run.live.stop()
+            self.islands.prepared = None
+            run = self.islands.run
+            if run is not None and run.live is not None:
+                run.live.stop()
             return self.run_id
 
     def is_current(self, run_id: int) -> bool:
         return run_id == self.run_id
 
+    def superseded(self, run_id: int) -> bool:
+        """A newer run owns the page (not merely Stop): this run's last words would overwrite the new one's."""
+        return run_id != self.run_id and self.stopped_id != self.run_id
+
     def stop(self) -> None:
         """Stop: the run in progress ends after its step, a prepared run never starts, Play pauses."""
-        self.new_run()
+        self.stopped_id = self.new_run()
 
     def close(self) -> None:
         self.stop()
-        self.run = None
+        self.islands = IslandsState()
         self.walk = None
-        self.extras.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def busy(self) -> bool:
         """A run that is still training (an abandoned one stops itself: LiveRun's idle timeout)."""
-        run = self.run
+        run = self.islands.run
         return run is not None and run.live is not None and run.live.alive
 
 

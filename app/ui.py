@@ -7,10 +7,13 @@ own events are callable but undocumented.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
-from .tabs.islands import PLOT_EVENTS_JS, IslandsTab, api_run, api_stop
-from .tabs.walk import WalkTab, api_walk
+from .api import api_run, api_stop, api_walk
+from .tabs.islands import PLOT_EVENTS_JS, IslandsTab
+from .tabs.walk import WalkTab
 from .widgets import LIMITS, unload
 
 MAX_QUEUE = LIMITS.max_queue
@@ -46,6 +49,11 @@ CSS = """
 .apm-label-bar > span { display: block; height: 100%; background: #4f7df3; }
 .apm-label-p { text-align: right; font-variant-numeric: tabular-nums; }
 #teacher select, #teacher input { text-overflow: ellipsis; padding-right: 2em; }
+/* the examples fit their column: three thumbnails that share its width, captions on up to two lines */
+#examples .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+#examples .gallery-item, #examples .thumbnail-item { width: 100% !important; min-width: 0 !important; }
+#examples .caption-label { white-space: normal !important; overflow: hidden; text-overflow: clip; max-width: 100%;
+              font-size: 11px; line-height: 1.2; padding: 2px 4px; }
 """
 
 INTRO = """
@@ -94,7 +102,20 @@ believes the image looks like at grid resolution.
 """
 
 
+@dataclass(frozen=True)
+class App:
+    """The page and its tabs (whose components tests and scripts address by name)."""
+
+    demo: gr.Blocks
+    islands: IslandsTab
+    walk: WalkTab
+
+
 def build_demo() -> gr.Blocks:
+    return build_app().demo
+
+
+def build_app() -> App:
     with gr.Blocks(title="APM islands", delete_cache=(600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Islands", id="islands-tab"):
@@ -110,5 +131,4 @@ def build_demo() -> gr.Blocks:
                   api_name="islands_from_link")
         demo.load(None, None, None, js=PLOT_EVENTS_JS)  # plotly hover / click events into the page's events
         demo.unload(unload)
-    demo.islands, demo.walk = islands, walk  # the tabs' components, for tests and scripts
-    return demo
+    return App(demo, islands, walk)

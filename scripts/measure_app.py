@@ -84,9 +84,16 @@ def _server_pid(port: int) -> int:
 
 
 def settings(image, steps: int) -> list:
-    """The page's inputs to `/prepare`, in order (IslandsTab.settings_inputs, then 'comparable colours')."""
-    return ["custom", image, "dinov2", 11, True, None, "dense", "", "cpu", steps, 1e-3, "constant", 0, 10, 1.0,
-            "mse", True, "torch", "attention", "auto", "tsne2d", 30, "cosine", "pca", "", True]
+    """The page's inputs to `/prepare`, by control name, in the registry's order (app/controls.py)."""
+    from app.controls import RUN_INPUTS
+
+    values = {"recipe": "custom", "image": image, "teacher": "dinov2", "layer": 11, "random_weights": True,
+              "features": None, "target": "dense", "labels": "", "preset": "cpu", "steps": steps, "lr": 1e-3,
+              "lr_schedule": "constant", "seed": 0, "record_every": 10, "rgb_weight": 1.0, "feature_loss": "mse",
+              "normalize_target": True, "init": "torch", "global_head": "attention", "precision": "auto",
+              "projection": "tsne2d", "perplexity": 30, "metric": "cosine", "tsne_init": "pca", "checkpoint": "",
+              "comparable": True}
+    return [values[name] for name in RUN_INPUTS]
 
 
 def client_run(url: str, image: str, steps: int) -> dict:

@@ -35,10 +35,10 @@ def main() -> None:
     for teacher, name in (("dinov2", "dinov2"), ("mvit", "mvit")):
         clear_model_cache()
         start = time.perf_counter()
-        tab.on_levels(file_payload(example("house")), teacher, True, request=request)
+        tab.panel("levels").on_levels(file_payload(example("house")), teacher, True, request=request)
         print(f"levels_strip_s_{name}_cold {time.perf_counter() - start:.2f}")
         start = time.perf_counter()
-        out = tab.on_levels(file_payload(example("face")), teacher, True, request=request)  # a new image
+        out = tab.panel("levels").on_levels(file_payload(example("face")), teacher, True, request=request)  # a new image
         assert out[tab.levels]
         print(f"levels_strip_s_{name} {time.perf_counter() - start:.2f}")
 
@@ -52,7 +52,7 @@ def main() -> None:
     times = []
     for k in range(20):
         start = time.perf_counter()
-        tab.on_point(shown, Select([(7 * k) % 128, (11 * k) % 128]), request=request)
+        tab.panel("pointing").on_point(shown, Select([(7 * k) % 128, (11 * k) % 128]), request=request)
         times.append(time.perf_counter() - start)
     print(f"point_ms {1000 * float(np.median(times)):.1f}")
 

@@ -26,18 +26,22 @@ class Req:
 
 
 @functools.lru_cache(maxsize=1)
-def demo():
-    from app.ui import build_demo
+def app():
+    from app.ui import build_app
 
-    return build_demo()
+    return build_app()
+
+
+def demo():
+    return app().demo
 
 
 def islands():
-    return demo().islands
+    return app().islands
 
 
 def walk():
-    return demo().walk
+    return app().walk
 
 
 def by_id(out: dict) -> dict[str, Any]:
@@ -70,22 +74,26 @@ def file_payload(path: str | Path | None) -> dict | None:
     return {"path": str(uploaded(path)), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
 
-DEFAULTS = {
+DEFAULTS = {  # by control name (app/controls.py); the order the page sends them is the registry's
     "recipe": "custom", "image": None, "teacher": "dinov2", "layer": 11, "random_weights": True, "features": None,
     "target": "dense", "labels": "", "preset": "cpu", "steps": 20, "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
-    "record_every": 10, "rgb_weight": 1.0, "feature_loss": "mse", "normalize": True, "init": "torch",
+    "record_every": 10, "rgb_weight": 1.0, "feature_loss": "mse", "normalize_target": True, "init": "torch",
     "global_head": "attention", "precision": "auto", "projection": "tsne2d", "perplexity": 30, "metric": "cosine",
     "tsne_init": "pca", "checkpoint": "", "comparable": True,
 }
 
 
 def islands_settings(image: str | Path | None, **changes: Any) -> list:
-    """The values `prepare` takes, in the page's order; image and features are paths (sent as FileData)."""
+    """The values `prepare` takes, in the registry's order; image and features are paths (sent as FileData)."""
+    from app.controls import RUN_INPUTS
+
+    unknown = set(changes) - set(DEFAULTS)
+    assert not unknown, f"not controls: {unknown}"
     values = {**DEFAULTS, **changes}
     values["image"] = file_payload(image) if image is not None and not isinstance(image, dict) else image
     feats = values["features"]
     values["features"] = file_payload(feats) if feats is not None and not isinstance(feats, dict) else feats
-    return [values[name] for name in DEFAULTS]
+    return [values[name] for name in RUN_INPUTS]
 
 
 def run_islands(request: Req, image, **changes) -> tuple[dict, list[dict]]:

@@ -49,7 +49,7 @@ def finished():
 
 def test_prepare_sends_what_stays_put(finished):
     _, prepared, _, session = finished
-    record = session.run
+    record = session.islands.run
     h, w = record.grid_shape
     assert (h, w) == (16, 16)
     assert plain(prepared["status"]).startswith("training starts (expected")
@@ -63,7 +63,7 @@ def test_prepare_sends_what_stays_put(finished):
 
 def test_the_stream_sends_only_what_changes(finished):
     _, _, stream, session = finished
-    record = session.run
+    record = session.islands.run
     h, w = record.grid_shape
     assert len(stream) >= 2
     steps = []
@@ -98,31 +98,32 @@ def steps_of(out: dict) -> int:
 
 def test_scrubbing_is_in_steps(finished):
     request, _, _, session = finished
-    frames = session.run.frames
+    frames = session.islands.run.frames
     tab = islands()
     first = by_id(tab.scrub(frames[0].step, request=request))
     status = parse_status(first["status"])
     assert status["lead"] == "showing" and status["step"] == frames[0].step
-    assert session.run.teacher_label in plain(first["status"])  # the teacher stays named while scrubbing
+    assert session.islands.run.teacher_label in plain(first["status"])  # the teacher stays named while scrubbing
     np.testing.assert_array_equal(first["rgb-image"], islands_module.plots.grid_image(frames[0].rgb))
     nearest = by_id(tab.scrub(frames[1].step + 1, request=request))
     assert parse_status(nearest["status"])["step"] == frames[1].step  # the nearest recorded frame
     beyond = by_id(tab.scrub(10_000, request=request))
     assert parse_status(beyond["status"])["step"] == frames[-1].step
-    assert session.run.status == "done"  # scrubbing changes nothing recorded
+    assert session.islands.run.status == "done"  # scrubbing changes nothing recorded
 
 
 def test_changing_the_projection_redraws_the_shown_frame(finished):
     request, _, _, session = finished
     tab = islands()
-    tab.scrub(session.run.frames[0].step, request=request)
+    tab.scrub(session.islands.run.frames[0].step, request=request)
     out = by_id(tab.reproject("tsne3d", 10, "cosine", "pca", True, 0, request=request))
     assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d"
-    assert f"step {session.run.frames[0].step}" in plain(out["status"])
+    assert f"step {session.islands.run.frames[0].step}" in plain(out["status"])
     assert out["teacher-islands"].shape[2] == 3
-    assert session.run.frames[0].projection.dim == 3 and session.view.experiment.perplexity == 10
+    assert session.islands.shown_frame().projection.dim == 3 and session.islands.view.experiment.perplexity == 10
+    assert session.islands.run.frames[0].projection.dim == 2  # the recorded frame stays as it was drawn
     out = by_id(tab.reproject("pca", 30, "cosine", "pca", False, 0, request=request))
-    assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d" and session.view.comparable is False
+    assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d" and session.islands.view.comparable is False
     bad = by_id(tab.reproject("tsne2d", 500, "cosine", "pca", True, 0, request=request))
     assert is_error(bad["status"]) and "perplexity" in plain(bad["status"])
 
@@ -130,8 +131,8 @@ def test_changing_the_projection_redraws_the_shown_frame(finished):
 def test_comparable_colours_are_identical_for_identical_grids(finished):
     """When the APM's features equal the teacher's, rotated onto the teacher's embedding they get its colours."""
     _, _, _, session = finished
-    record = session.run
-    view = session.view
+    record = session.islands.run
+    view = session.islands.view
     frame = record.frames[-1]
     same = replace(frame)
     from apm.islands import project
@@ -151,11 +152,11 @@ def test_export_writes_files_that_open_and_the_settings(finished):
     paths = [Path(f) for f in out["export-files"]["value"]]
     assert [p.name for p in paths] == ["islands.gif", "snapshots.npz", "panels.png", "run.json"]
     assert all(p.is_file() and p.stat().st_size > 0 and session.folder in p.parents for p in paths)
-    n = len(session.run.frames)
+    n = len(session.islands.run.frames)
     with Image.open(paths[0]) as gif:
         assert gif.format == "GIF" and n <= gif.n_frames <= 2 * n  # forward, then back (a ping-pong loop)
     with np.load(paths[1], allow_pickle=False) as npz:
-        assert npz["step"].tolist() == [f.step for f in session.run.frames]
+        assert npz["step"].tolist() == [f.step for f in session.islands.run.frames]
         assert npz["features"].shape[:3] == (n, 16, 16) and len(npz["curve_feat_loss"]) == 30
     summary = json.loads(paths[3].read_text())
     assert summary["experiment"]["teacher"] == "dinov2" and summary["experiment"]["layer"] == 11
@@ -207,7 +208,7 @@ def test_stop_ends_the_run_and_keeps_its_frames():
     latency = time.monotonic() - pressed
     print(f"\nstop: the stream ended {latency:.2f} s after Stop")
     assert not thread.is_alive() and latency < 5.0
-    record = STORE.peek(request.session_hash).run
+    record = STORE.peek(request.session_hash).islands.run
     assert record.status == "stopped" and record.frames and not record.live.alive
     last = parse_status(outputs[-1]["status"])
     assert last["lead"] == "stopped by you (everything recorded is kept)" and last["step"] < 2000
@@ -224,9 +225,10 @@ def test_run_during_a_run_starts_the_new_one():
     assert first.wait(60)
     _, stream = run_islands(request, example("house"), steps=10)  # Run again: begin stops the old run
     old.join(10)
-    assert not old.is_alive() and "stopped" in plain(old_outputs[-1]["status"])
+    # the old run goes quiet when the new one begins: its "stopped" line would overwrite the new run's status
+    assert not old.is_alive() and "stopped" not in plain(old_outputs[-1]["status"])
     assert parse_status(stream[-1]["status"])["lead"] == "done" and parse_status(stream[-1]["status"])["total"] == 10
-    assert STORE.peek(request.session_hash).run.image_name == "house.png"
+    assert STORE.peek(request.session_hash).islands.run.image_name == "house.png"
     STORE.drop(request.session_hash)
 
 
@@ -237,7 +239,7 @@ def test_stop_before_the_stream_starts():
     tab.prepare(*islands_settings(example(), steps=20), request=request)
     tab.stop(request=request)  # Stop while the run waits for its turn
     assert [by_id(out) for out in tab.stream(request=request)] == [{"status": {"__type__": "update"}}]
-    assert STORE.peek(request.session_hash).run is None
+    assert STORE.peek(request.session_hash).islands.run is None
     STORE.drop(request.session_hash)
 
 
@@ -250,8 +252,8 @@ def test_two_sessions_do_not_see_each_other(corpus):
     thread_a.join(10)
     assert "stopped" in plain(out_a[-1]["status"]) and parse_status(stream_b[-1]["status"])["lead"] == "done"
     sa, sb = STORE.peek(a.session_hash), STORE.peek(b.session_hash)
-    assert sa is not sb and sa.run is not sb.run and sa.folder != sb.folder
-    assert not np.array_equal(sa.run.input_small, sb.run.input_small)
+    assert sa is not sb and sa.islands.run is not sb.islands.run and sa.folder != sb.folder
+    assert not np.array_equal(sa.islands.run.input_small, sb.islands.run.input_small)
     STORE.drop(a.session_hash)
     assert STORE.peek(a.session_hash) is None and not sa.folder.exists() and STORE.peek(b.session_hash) is sb
     STORE.drop(b.session_hash)
@@ -345,14 +347,16 @@ def test_own_features_and_the_target_follows_the_array(corpus, tmp_path):
     vector = tmp_path / "cls.npy"
     np.save(vector, np.random.default_rng(0).normal(size=32).astype(np.float32))
     _, stream = run_islands(request, corpus["plain_jpeg"], teacher="file", features=vector, target="dense", steps=10)
-    record = STORE.peek(request.session_hash).run
+    record = STORE.peek(request.session_hash).islands.run
     assert record.experiment.target == "global"  # a (d,) array trains as a global target, whatever Target said
     assert parse_status(stream[-1]["status"])["text"].count("global loss") == 1
     STORE.drop(request.session_hash)
 
 
 def test_a_capped_run_says_it_was_cut_off(monkeypatch):
-    monkeypatch.setattr(islands_module, "LIMITS", replace(islands_module.LIMITS, max_run_seconds=1.5))
+    from app import engine
+
+    monkeypatch.setattr(engine, "LIMITS", replace(engine.LIMITS, max_run_seconds=1.5))
     request = Req("islands-capped")
     _, stream = run_islands(request, example(), steps=2000)
     last = parse_status(stream[-1]["status"])
@@ -363,9 +367,9 @@ def test_a_capped_run_says_it_was_cut_off(monkeypatch):
 
 def test_the_expected_time_is_said_before_a_slow_run():
     tab = islands()
-    fast = by_id(tab.on_settings(*islands_settings(example())[:-1]))["expected"]
+    fast = by_id(tab.on_settings(*islands_settings(example())))["expected"]
     slow = by_id(tab.on_settings(*islands_settings(example(), preset="paper", teacher="dinov2:large-reg4",
-                                                   steps=300)[:-1]))["expected"]
+                                                   steps=300)))["expected"]
     assert fast.startswith("Expected time on this machine: about") and "cut off" not in fast
     assert "min" in slow and "cut off after" in slow
 
@@ -409,28 +413,27 @@ def test_levels_strip_one_image_per_layer_and_a_click_selects_it():
     request = Req("islands-levels")
     from tests.app_harness import file_payload
 
-    out = by_id(tab.on_levels(file_payload(example("face")), "dinov2", True, request=request))
+    out = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "dinov2", True, request=request))
     items = out["levels-strip"]
     assert len(items) == 12 and [caption for _, caption in items] == [f"layer {k}" for k in range(12)]
     assert all(image.shape[2] == 3 and image.dtype == np.uint8 for image, _ in items)
-    assert len(STORE.peek(request.session_hash).extras["levels"]["grids"]) == 12
-    assert by_id(tab.on_level(Select(4)))["layer"] == 4
-    mvit = by_id(tab.on_levels(file_payload(example("face")), "mvit", True, request=request))["levels-strip"]
+    assert len(STORE.peek(request.session_hash).islands.levels.grids) == 12
+    assert by_id(tab.panel("levels").on_level(Select(4)))["layer"] == 4
+    mvit = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "mvit", True, request=request))["levels-strip"]
     assert len(mvit) == 16
-    assert by_id(tab.on_levels(None, "dinov2", True, request=request))["levels-strip"] is None
+    assert by_id(tab.panel("levels").on_levels(None, "dinov2", True, request=request))["levels-strip"] is None
     STORE.drop(request.session_hash)
 
 
 def test_a_click_marks_the_location_and_draws_both_agreement_maps(finished):
     request, _, _, session = finished
     tab = islands()
-    record = session.run
     shown = np.zeros((256, 256, 3), np.uint8)  # the grid image as served, 16 pixels per location
-    out = by_id(tab.on_point(shown, Select([16 * 5 + 3, 16 * 2 + 3]), request=request))  # x, y: location (2, 5)
-    assert session.extras["point"] == (2, 5)
+    out = by_id(tab.panel("pointing").on_point(shown, Select([16 * 5 + 3, 16 * 2 + 3]), request=request))  # x, y: location (2, 5)
+    assert session.islands.point == (2, 5)
     for key in ("agreement-apm", "agreement-teacher", "input-small", "islands-image", "teacher-islands", "rgb-image"):
         assert out[key].shape == (256, 256, 3), key
-    frame = record.frames[record.shown]
+    frame = session.islands.shown_frame()
     from apm.islands import agreement_map
 
     sims = agreement_map(frame.features.astype(np.float32), (2, 5))
@@ -439,8 +442,8 @@ def test_a_click_marks_the_location_and_draws_both_agreement_maps(finished):
                                   islands_module.plots.to_uint8(islands_module.plots.colormap(sims))[2, 5])
     names = figure(out["column-agreement"])["data"][0]["x"]
     assert names[-1] == "APM"
-    small = by_id(tab.on_point(np.zeros((16, 16, 3), np.uint8), Select([15, 0]), request=request))
-    assert session.extras["point"] == (0, 15) and small["agreement-apm"].shape == (256, 256, 3)
+    small = by_id(tab.panel("pointing").on_point(np.zeros((16, 16, 3), np.uint8), Select([15, 0]), request=request))
+    assert session.islands.point == (0, 15) and small["agreement-apm"].shape == (256, 256, 3)
 
 
 def test_still_frames_carry_the_part_whole_tree(finished):
@@ -448,7 +451,7 @@ def test_still_frames_carry_the_part_whole_tree(finished):
     assert all("part-whole-tree" not in update for update in stream[:-1])  # live frames do not pay for it
     tree = figure(stream[-1]["part-whole-tree"])["data"][0]
     assert tree["type"] == "icicle" and tree["values"][0] == 16 * 16
-    scrubbed = by_id(islands().scrub(session.run.frames[0].step, request=request))
+    scrubbed = by_id(islands().scrub(session.islands.run.frames[0].step, request=request))
     assert figure(scrubbed["part-whole-tree"])["data"][0]["type"] == "icicle"
 
 
@@ -482,21 +485,21 @@ def test_hovering_the_scatter_or_a_tree_segment_lights_up_locations(finished):
     """Plotly's hover / click events arrive through the hidden box as 'loc:<index>:<n>' or 'seg:<id>:<n>'."""
     request, _, _, session = finished
     tab = islands()
-    out = by_id(tab.on_pick("loc:37:1", request=request))  # location 37 of a 16 x 16 grid: (2, 5)
-    assert session.extras["point"] == (2, 5) and out["agreement-apm"].shape == (256, 256, 3)
+    out = by_id(tab.panel("pointing").on_pick("loc:37:1", request=request))  # location 37 of a 16 x 16 grid: (2, 5)
+    assert session.islands.point == (2, 5) and out["agreement-apm"].shape == (256, 256, 3)
     from apm.islands import part_whole_tree
 
-    frame = session.run.frames[session.run.shown]
+    frame = session.islands.shown_frame()
     node = part_whole_tree(frame.features.astype(np.float32)).at(2)[0]
-    lit = by_id(tab.on_pick(f"seg:{node.id}:2", request=request))
+    lit = by_id(tab.panel("pointing").on_pick(f"seg:{node.id}:2", request=request))
     assert f"segment {node.id}: {node.size} locations" in plain(lit["status"])
     image = lit["input-small"]  # 16 pixels a location: inside the segment the input is unchanged, outside dimmed
     inside = np.argwhere(node.mask)[0]
     outside = np.argwhere(~node.mask)[0]
-    plain_input = islands_module.plots.grid_image(session.run.input_small)
+    plain_input = islands_module.plots.grid_image(session.islands.run.input_small)
     np.testing.assert_array_equal(image[16 * inside[0] + 8, 16 * inside[1] + 8],
                                   plain_input[16 * inside[0] + 8, 16 * inside[1] + 8])
     assert not np.array_equal(image[16 * outside[0] + 8, 16 * outside[1] + 8],
                               plain_input[16 * outside[0] + 8, 16 * outside[1] + 8])
     for junk in ("", "loc:abc:3", "loc:99999:4", "seg:L9.9:5", "zap:1:1"):
-        assert is_skip(by_id(tab.on_pick(junk, request=request))["status"])
+        assert is_skip(by_id(tab.panel("pointing").on_pick(junk, request=request))["status"])

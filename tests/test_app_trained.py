@@ -42,7 +42,7 @@ def test_one_pass_islands_with_no_training(shipped):
     assert out["islands-image"].shape == (256, 256, 3) and out["rgb-image"].shape == (256, 256, 3)
     assert out["teacher"] == "dinov2" and out["layer"]["value"] == 0  # the checkpoint's own teacher and layer
     session = STORE.peek(request.session_hash)
-    frame = session.run.frames[0]
+    frame = session.islands.run.frames[0]
     assert frame.step == 0 and frame.features.shape == (16, 16, 384) and frame.metrics.fidelity is not None
     STORE.drop(request.session_hash)
 
@@ -56,8 +56,8 @@ def test_run_continues_from_the_checkpoint(shipped):
     status = parse_status(stream[-1]["status"])
     assert status["lead"] == "done" and "from tiny" in status["text"] and "DINOv2" in status["text"]
     session = STORE.peek(request.session_hash)
-    warm_first = session.run.live.history.feat_loss[0]
-    fresh_first = STORE.peek("trained-fresh").run.live.history.feat_loss[0]
+    warm_first = session.islands.run.live.history.feat_loss[0]
+    fresh_first = STORE.peek("trained-fresh").islands.run.live.history.feat_loss[0]
     assert warm_first < 0.9 * fresh_first  # it starts from what the trained APM knew
     STORE.drop(request.session_hash)
     STORE.drop("trained-fresh")

@@ -112,7 +112,7 @@ def _run_parameters() -> tuple[str, ...]:
     """/run's parameters, in order (read off the function, so a new parameter never shifts them)."""
     import inspect
 
-    from app.tabs.islands import api_run
+    from app.api import api_run
 
     return tuple(name for name in inspect.signature(api_run).parameters if name != "request")
 

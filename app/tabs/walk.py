@@ -16,9 +16,8 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from gradio.data_classes import FileData
 
-from apm.errors import APMError, InputError
+from apm.errors import InputError
 from apm.interpolate import PathProjection, project_path, train_pair, walk_frames
 from apm.io import save_gif, save_npz
 from apm.islands import ProjectionConfig
@@ -31,16 +30,16 @@ from ..widgets import (
     LIMITS,
     TEACHER_CHOICES,
     WALK_PAIRS,
+    Tab,
     choice,
     example_path,
+    guarded,
     layer_update,
     page_teacher,
-    plain,
     read_image,
+    selected_index,
     session_for,
     status_html,
-    toast,
-    user_message,
     whole,
 )
 
@@ -126,10 +125,9 @@ def train_and_walk(session: Session, run_id: int, image_a: Any, image_b: Any, te
     exp = experiment("custom", teacher=teacher, layer=None if layer is None else whole(layer, "layer", 0, 0, 1000),
                      steps=steps, random_weights=bool(random_weights))
     images = [read_image(image_a), read_image(image_b)]
-    from apm.teachers import create_teacher
+    from .. import engine
 
-    encoder = create_teacher(exp.teacher, layer=exp.layer, random_weights=exp.random_weights)
-    encoded = [encoder.encode(im) for im in images]
+    encoded = [engine.encode_image(exp.teacher, exp.layer, exp.random_weights, im)[1][0] for im in images]
     run = train_pair(images, [out.grid for out in encoded], exp.train_config(time_budget_s=LIMITS.max_run_seconds),
                      exp.model_config())
     label = encoded[0].info.label
@@ -173,8 +171,10 @@ def export_walk_files(session: Session, walk: Walk) -> list:
     return [out / "interpolation.gif", out / "interpolation.npz"]
 
 
-class WalkTab:
+class WalkTab(Tab):
     """Components as attributes; handlers return {component: value} dicts."""
+
+    key = "walk"
 
     def build(self) -> WalkTab:
         gr.Markdown("Train one APM on **two** images, then slide its trigger column from one to the other. "
@@ -248,8 +248,7 @@ class WalkTab:
         return [self.status, self.walk_rgb, self.walk_islands, self.scatter, self.alpha]
 
     def _wire(self) -> None:
-        def private(name: str) -> dict:  # the page's own events: callable, undocumented, named after their tab
-            return {"api_visibility": "undocumented", "api_name": f"walk_{name}"}
+        private = self.private
         train = self.train_btn.click(self.begin, None, [self.status], queue=False, trigger_mode="multiple", **private("begin"))
         train.then(self.train, [self.image_a, self.image_b, self.teacher, self.layer, self.random_weights, self.steps,
                                 self.frames, self.projection, self.checkpoint], self.train_outputs, preprocess=False,
@@ -270,22 +269,15 @@ class WalkTab:
     # handlers
 
     def on_pair(self, evt: gr.SelectData) -> dict:
-        index = int(evt.index) if not isinstance(evt.index, (list, tuple)) else int(evt.index[0])
-        a, b = WALK_PAIRS[index]
+        a, b = WALK_PAIRS[selected_index(evt)]
         return {self.image_a: str(example_path(a)), self.image_b: str(example_path(b))}
-
-    def begin(self, request: gr.Request = None) -> dict:
-        session_for(request).new_run()
-        return {self.status: status_html("starting: reading both images and the teacher…", "running")}
-
-    def stop(self, request: gr.Request = None) -> None:
-        session_for(request).stop()
 
     def pause(self, request: gr.Request = None) -> None:
         session = session_for(request)
         with session.lock:
             session.play_id += 1
 
+    @guarded("an interpolation run")
     def train(self, image_a, image_b, teacher, layer, random_weights, steps, frames, projection, checkpoint="",
               request: gr.Request = None) -> Iterator[dict]:
         session = session_for(request)
@@ -296,40 +288,33 @@ class WalkTab:
                self.walk_rgb: None, self.walk_islands: None, self.alpha: gr.update(value=0),
                self.scatter: plots.placeholder(plots.WALK_SCATTER_TITLE, "the walk is decoded<br>when training ends",
                                                height=380)}
-        try:
-            updates = (trained_walk(session, image_a, image_b, checkpoint, frames, projection) if checkpoint else
-                       train_and_walk(session, run_id, image_a, image_b, teacher, layer, random_weights, steps,
-                                      frames, projection))
-            for update in updates:
-                curve = update["curve"]
-                loss = plots.walk_loss(curve["step"], curve["feat_loss"], curve["rgb_loss"])
-                if update["stage"] == "training":
-                    text = (f"training on both images · step {update['step']} / {update['total']} · feature loss "
-                            f"{curve['feat_loss'][-1]:.1e} · RGB loss {curve['rgb_loss'][-1]:.1e} · "
-                            f"{curve['elapsed_s'][-1]:.1f} s · {update['label']}")
-                    out = {self.status: status_html(text, "running"), self.loss: loss}
-                    if update["rgb"] is not None:
-                        out[self.rgb_a] = plots.to_uint8(update["rgb"][0])
-                        out[self.rgb_b] = plots.to_uint8(update["rgb"][1])
-                    yield out
-                elif update["stage"] == "decoding":
-                    yield {self.status: status_html(f"{update['note']}decoding the walk and fitting one projection "
-                                                    "to every frame…", "running"), self.loss: loss}
-                else:
-                    walk = update["walk"]
-                    session.walk = walk
-                    lead = "trained" if not checkpoint else "through the trained APM's column space"
-                    text = (f"{update['note']}{lead} · {update['steps_done']} steps · {walk.teacher_label} · move "
-                            "the slider or press Play")
-                    yield {**self.frame_panels(walk, 0), self.status: status_html(text, "done"), self.loss: loss,
-                           self.rgb_a: plots.to_uint8(walk.own_rgb[0]), self.rgb_b: plots.to_uint8(walk.own_rgb[1]),
-                           self.alpha: gr.update(value=0, maximum=len(walk.alphas) - 1)}
-        except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
-            if not isinstance(exc, APMError):
-                log.exception("interpolation run failed")
-            message = user_message(exc)
-            toast(message)
-            yield {self.status: status_html(message, "error")}
+        updates = (trained_walk(session, image_a, image_b, checkpoint, frames, projection) if checkpoint else
+                   train_and_walk(session, run_id, image_a, image_b, teacher, layer, random_weights, steps,
+                                  frames, projection))
+        for update in updates:
+            curve = update["curve"]
+            loss = plots.walk_loss(curve["step"], curve["feat_loss"], curve["rgb_loss"])
+            if update["stage"] == "training":
+                text = (f"training on both images · step {update['step']} / {update['total']} · feature loss "
+                        f"{curve['feat_loss'][-1]:.1e} · RGB loss {curve['rgb_loss'][-1]:.1e} · "
+                        f"{curve['elapsed_s'][-1]:.1f} s · {update['label']}")
+                out = {self.status: status_html(text, "running"), self.loss: loss}
+                if update["rgb"] is not None:
+                    out[self.rgb_a] = plots.to_uint8(update["rgb"][0])
+                    out[self.rgb_b] = plots.to_uint8(update["rgb"][1])
+                yield out
+            elif update["stage"] == "decoding":
+                yield {self.status: status_html(f"{update['note']}decoding the walk and fitting one projection "
+                                                "to every frame…", "running"), self.loss: loss}
+            else:
+                walk = update["walk"]
+                session.walk = walk
+                lead = "trained" if not checkpoint else "through the trained APM's column space"
+                text = (f"{update['note']}{lead} · {update['steps_done']} steps · {walk.teacher_label} · move "
+                        "the slider or press Play")
+                yield {**self.frame_panels(walk, 0), self.status: status_html(text, "done"), self.loss: loss,
+                       self.rgb_a: plots.to_uint8(walk.own_rgb[0]), self.rgb_b: plots.to_uint8(walk.own_rgb[1]),
+                       self.alpha: gr.update(value=0, maximum=len(walk.alphas) - 1)}
 
     def frame_panels(self, walk: Walk, index: int, scatter: bool = True) -> dict:
         """Decoded RGB, islands image, slider (and the scatter) at frame `index` (images at grid size: CSS
@@ -385,17 +370,14 @@ class WalkTab:
                 position = 0
             time.sleep(PLAY_INTERVAL_S)
 
+    @guarded("an interpolation export", "the export failed: ")
     def export(self, request: gr.Request = None) -> dict:
         session = session_for(request)
         walk = session.walk
         if walk is None:
             return {self.files: gr.update(value=None, visible=False),
                     self.status: status_html("nothing to export yet: train on two images first", "error")}
-        try:
-            files = export_walk_files(session, walk)
-        except (APMError, OSError) as exc:
-            log.exception("interpolation export failed")
-            return {self.files: gr.skip(), self.status: status_html(f"the export failed: {user_message(exc)}", "error")}
+        files = export_walk_files(session, walk)
         return {self.files: gr.update(value=[str(p) for p in files], visible=True),
                 self.status: status_html(f"exported {len(walk.alphas)} frames: a GIF (RGB | islands) and an .npz", "done")}
 
@@ -404,44 +386,3 @@ def _random_default() -> bool:
     from apm.env import random_weights_default
 
     return random_weights_default()
-
-
-def api_walk(
-    image_a: FileData,
-    image_b: FileData,
-    teacher: str | None = None,
-    layer: int | None = None,
-    steps: int = DEFAULT_STEPS,
-    frames: int = DEFAULT_FRAMES,
-    projection: str = "pca",
-    random_weights: bool | None = None,
-    request: gr.Request = None,
-) -> dict:
-    """Train one APM on two images and walk its trigger column from A to B.
-
-    Updates: {status, step, total_steps, done}; the last adds gif (RGB | islands along the walk), npz (alpha,
-    rgb, features, islands) and endpoint_error. teacher in dinov2, dinov2:imgfocus, dinov2:large-reg4, clip,
-    clip:l14, mvit (omitted: dinov2, or dinov2:imgfocus where the Hub cannot be had); projection in pca | tsne2d.
-    """
-    from apm.env import random_weights_default
-
-    session = session_for(request)
-    run_id = session.new_run()
-    payloads = [x.model_dump() if hasattr(x, "model_dump") else x for x in (image_a, image_b)]
-    weights = random_weights_default() if random_weights is None else bool(random_weights)
-    try:
-        for update in train_and_walk(session, run_id, *payloads, teacher, layer, weights, steps, frames, projection):
-            if update["stage"] == "training":
-                yield {"status": f"training · step {update['step']} / {update['total']}", "step": update["step"],
-                       "total_steps": update["total"], "done": False}
-            elif update["stage"] == "walk":
-                walk = update["walk"]
-                session.walk = walk
-                gif, npz = export_walk_files(session, walk)
-                yield {"status": plain(f"{update['note']}done · {update['steps_done']} steps · {walk.teacher_label}"),
-                       "done": True, "frames": len(walk.alphas), "endpoint_error": walk.endpoint_error,
-                       "gif": FileData(path=str(gif)).model_dump(), "npz": FileData(path=str(npz)).model_dump()}
-    except Exception as exc:  # noqa: BLE001
-        if not isinstance(exc, APMError):
-            log.exception("API walk failed")
-        yield {"status": f"error: {user_message(exc)}", "done": True, "error": True}

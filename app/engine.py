@@ -1,0 +1,408 @@
+"""The run engine of the app, without Gradio: what a run is (settings, record, frames), how it is prepared,
+trained live, decoded in one pass from a trained APM, and exported. Both tabs and the API use it; the tabs
+only turn its records and frames into panels.
+
+Every teacher forward pass of the app goes through `encode_image`, the one function under the ZeroGPU hook.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from apm.errors import InputError
+from apm.images import downsample_rgb
+from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
+from apm.islands import Projection, island_metrics, project
+from apm.live import LiveRun
+from apm.recipes import FILE_TEACHER, Experiment
+from apm.teachers import TeacherOutput, create_teacher, teacher_spec
+from apm.train import OverfitRun, Snapshot, Target
+
+from . import pictures
+from .session import Frame, RunRecord
+from .settings import LIMITS, TEACHER_CHOICES
+
+log = logging.getLogger("apm.app")
+
+QUICK_FIT = {"early_exaggeration_iters": 25, "full_iters": 25}  # the first live frame: a short t-SNE (the next frames go on converging it)
+LIVE_WARM_ITERS = 5  # t-SNE steps per live frame: the embedding keeps converging over the frames
+
+
+# the GPU hook and the one teacher path
+
+def zero_gpu() -> Callable[[Callable], Callable]:
+    """`spaces.GPU` on a Hugging Face ZeroGPU Space, a no-op decorator everywhere else.
+
+    ZeroGPU runs a decorated call in a short-lived GPU worker, so it suits the stateless teacher step; the
+    APM's training stays in this process, where Stop and the timeline can reach it (and uses CUDA by itself on
+    a Space with a dedicated GPU: devices default to "auto").
+    """
+    if os.environ.get("SPACES_ZERO_GPU"):
+        try:
+            import spaces  # only present on Spaces
+
+            return spaces.GPU
+        except ImportError:
+            log.warning("SPACES_ZERO_GPU is set but the spaces package is missing; running without the GPU hook")
+    return lambda fn: fn
+
+
+@zero_gpu()
+def encode_image(teacher_id: str, layer: int | None, random_weights: bool | None, image: Image.Image,
+                 layers: Sequence[int] | None = (None,)) -> tuple[Any, list[TeacherOutput]]:
+    """The teacher for these settings and its outputs for the image, one per layer of `layers` (None: every
+    layer, from one forward pass; the default: the teacher's own layer). Every teacher call of the app."""
+    teacher = create_teacher(teacher_id, layer=layer, random_weights=random_weights)
+    if layers is None:
+        return teacher, teacher.encode_layers(image)
+    return teacher, teacher.encode_layers(image, [teacher.layer if k is None else k for k in layers])
+
+
+@dataclass
+class View:
+    """How the islands are drawn; the page's projection controls change it, also during a run."""
+
+    experiment: Experiment = field(default_factory=Experiment)  # its projection fields are read
+    comparable: bool = True  # the APM's islands rotated onto the teacher's, so an island has one colour in both
+
+    @property
+    def config(self):
+        return self.experiment.projection_config()
+
+
+@dataclass
+class Prepared:
+    """A validated run, built and ready to train (or, for teacher islands, already done)."""
+
+    run_id: int
+    record: RunRecord
+    overfit: OverfitRun | None  # None: nothing to train (the teacher's own islands)
+    zero_shot: Any = None  # the teacher, when it can score the APM's global vector against labels
+
+
+def trained_experiment(exp: Experiment, loaded: Any) -> Experiment:
+    """The settings of test-time training from a checkpoint: its teacher and layer (when it names them)."""
+    meta = loaded.meta
+    if meta.get("teacher"):
+        exp = replace(exp, teacher=teacher_key(meta["teacher"]), layer=int(meta.get("layer", 0)),
+                      random_weights=bool(meta.get("random_weights", exp.random_weights)))
+    elif exp.teacher == FILE_TEACHER:
+        raise InputError("this checkpoint does not name its teacher: pick the teacher it was trained on")
+    return replace(exp, target="dense", trains=True)
+
+
+def teacher_key(teacher_id: str) -> str:
+    """The picker's key for a teacher id ('dinov2:vit_small_patch14_dinov2.lvd142m' -> 'dinov2')."""
+    wanted = teacher_spec(teacher_id).id
+    for _, key in TEACHER_CHOICES:
+        if key != FILE_TEACHER and teacher_spec(key).id == wanted:
+            return key
+    return teacher_id
+
+
+def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: np.ndarray | None,
+                labels: list[str], run_id: int, view: View, loaded: Any = None) -> Prepared:
+    """Validate and build a run: encode with the teacher (or take the user's feature array), build the APM (fresh,
+    or from a trained APM's weights when `loaded`, an `app.trained.Loaded`, is given).
+
+    Raises `InputError` (or another `APMError`) with a message for the page.
+    """
+    if exp.steps > LIMITS.max_steps:
+        raise InputError(f"steps must be at most {LIMITS.max_steps} on this shared hardware")
+    if loaded is not None:
+        exp = trained_experiment(exp, loaded)
+    teacher = None
+    if exp.teacher == FILE_TEACHER:
+        if features is None:
+            raise InputError("upload a feature array (.npy or .pt of shape (h, w, d) or (d,)) for 'your own features'")
+        array = np.asarray(features, dtype=np.float32)
+        target = Target.from_array(array)
+        exp = replace(exp, target="dense" if array.ndim == 3 else "global")  # the target follows the array
+        teacher_grid, teacher_global = (array, None) if array.ndim == 3 else (None, array)
+        teacher_label = f"your features {tuple(array.shape)}"
+    else:
+        teacher, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, image)
+        teacher_grid, teacher_global, teacher_label = out.grid, out.global_vector, out.info.label
+        target = Target(grid=out.grid if exp.target in ("dense", "both") else None,
+                        global_vector=out.global_vector if exp.target in ("global", "both") else None)
+
+    if teacher is None or not teacher.spec.supports_zero_shot:
+        labels = []  # the labels box is hidden for teachers without a text tower; its text is not for them
+    overfit = None
+    if exp.trains:
+        config = exp.train_config(time_budget_s=LIMITS.max_run_seconds)
+        if loaded is not None:
+            overfit = OverfitRun(image, target, config, init=loaded.apm, target_scale=loaded.meta.get("feature_scale"))
+        else:
+            overfit = OverfitRun(image, target, config, exp.model_config())
+        grid = overfit.model_config.grid
+    elif teacher_grid is not None:
+        grid = teacher_grid.shape[:2]
+    else:
+        raise InputError("the teacher's own islands need a feature grid, not a global vector")
+
+    if loaded is not None:
+        teacher_label = f"{teacher_label} · from {loaded.name}"
+    record = RunRecord(
+        run_id=run_id, experiment=exp, image_name=image_name, grid_shape=tuple(grid),
+        input_small=downsample_rgb(image, *grid), teacher_label=teacher_label,
+        teacher_grid=teacher_grid if teacher_grid is not None and teacher_grid.shape[:2] == tuple(grid) else None,
+        labels=list(labels), total_steps=exp.steps if exp.trains else 0,
+    )
+    if record.teacher_grid is not None:
+        record.teacher_projection = project(record.teacher_grid, view.config)
+    zero_shot = None
+    if teacher is not None and teacher.spec.supports_zero_shot and labels:
+        record.teacher_labels = teacher.zero_shot(teacher_global, labels, top_k=min(5, len(labels)))
+        zero_shot = teacher
+    if overfit is not None:
+        state = overfit.model.folded_state()
+        record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
+        record.positional = overfit.model.positional_code()
+    return Prepared(run_id, record, overfit, zero_shot)
+
+
+def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = None, final: bool = False) -> Frame:
+    """Project and measure one snapshot (the panels' data), warm-started from the run's previous frame."""
+    config = view.config
+    previous = record.frames[-1].projection if record.frames else None
+    if not final:
+        config = replace(config, warm_iters=min(config.warm_iters, LIVE_WARM_ITERS))
+        if previous is None:
+            config = replace(config, **{k: min(v, getattr(config, k)) for k, v in QUICK_FIT.items()})
+    align = record.teacher_projection if view.comparable else None
+    projection = project(snap.features, config, previous, full_fit=final, align_to=align)
+    metrics = island_metrics(snap.features, record.teacher_grid)
+    labels = None
+    if zero_shot is not None and snap.global_vector is not None and snap.global_vector.shape[-1] == zero_shot.info.global_dim:
+        labels = zero_shot.zero_shot(snap.global_vector, record.labels, top_k=min(5, len(record.labels)))
+    return Frame(
+        step=snap.step, elapsed_s=snap.elapsed_s, feat_loss=snap.feat_loss, rgb_loss=snap.rgb_loss,
+        features=snap.features.astype(np.float16), rgb=snap.rgb, trigger_column=snap.trigger_column,
+        conv_filter=snap.conv_filter, projection=projection, metrics=metrics, global_vector=snap.global_vector,
+        apm_labels=labels,
+    )
+
+
+def live_frames(prepared: Prepared, view: Callable[[], View]) -> Iterator[Frame]:
+    """Train the prepared run and yield a new `Frame` about every `frame_interval_s`, the last one fully fitted.
+    `view()` is read for every frame: a change of view on the page reaches a live run.
+
+    Training runs in its own process where it can (`LiveRun(backend="auto")`). Frames are paced by time: a
+    snapshot is asked for about two steps before a frame is due, and frames are spaced so that projecting and
+    measuring them takes at most `render_share` of one core (on 2 cores, what the server spends, training loses).
+    """
+    record = prepared.record
+    live = LiveRun(prepared.overfit, keep=2, threads=LIMITS.train_threads, idle_timeout_s=15.0, backend="auto").start()
+    record.live = live
+    seen, pending, asked = 0, None, False
+    next_at = time.monotonic()
+    frames, total_cpu = 0, 0.0
+    try:
+        while not live.finished:
+            due = next_at - time.monotonic()  # seconds until the next frame
+            lead = 2.0 / live.steps_per_s if live.steps_per_s > 0 else 0.1  # about two training steps
+            if pending is None and not asked and due <= lead:
+                live.request_snapshot()  # recorded at the next step: here before the frame is due
+                asked = True
+            if due > 0 or pending is None:
+                if due > 0:  # sleep until the frame is due (or until it is time to ask), unless a snapshot comes
+                    timeout = due - lead if pending is None and not asked else due
+                else:  # due, and waiting for the snapshot asked for
+                    timeout = 0.5
+                snap, seen = live.wait(seen, timeout=max(0.005, timeout))
+                pending = snap or pending
+                continue
+            started, cpu = time.monotonic(), time.thread_time()
+            frame = make_frame(pending, record, view(), prepared.zero_shot)
+            # CPU time of this call (measured within it: Gradio resumes a generator on any of its worker threads)
+            cost = time.thread_time() - cpu
+            record.add_frame(frame)
+            pending, asked = None, False
+            frames, total_cpu = frames + 1, total_cpu + cost
+            yield frame
+            # a steady cadence (a late snapshot does not push every later frame back), never more CPU than the
+            # render share, and never two frames back to back after a stall
+            interval = LIMITS.frame_interval_s
+            next_at = max(next_at + interval, started + cost / LIMITS.render_share, started + interval / 2)
+        live.join()
+        if live.error is not None:
+            raise live.error
+        last = live.latest
+        if last is not None:  # the final picture: a full fit of the last recorded state
+            if record.frames and record.frames[-1].step == last.step:
+                record.frames.pop()
+            frame = make_frame(last, record, view(), prepared.zero_shot, final=True)
+            record.add_frame(frame)
+            yield frame
+    finally:
+        live.stop()
+        if frames:
+            log.info("run %d: %d live frames, projection and metrics %.1f ms CPU each, %.1f steps/s, %s backend",
+                     record.run_id, frames, 1000 * total_cpu / frames, live.steps_per_s, live.backend)
+
+
+def ending(record: RunRecord) -> tuple[str, str]:
+    """(status kind, the words that lead the status) when a run has ended."""
+    live = record.live
+    reason = live.stop_reason if live is not None else None
+    if reason == "time_budget":
+        return "error", f"cut off at the {LIMITS.max_run_seconds:.0f} s limit for shared hardware"
+    if reason in ("stopped", "abandoned"):
+        return "done", "stopped by you (everything recorded is kept)"
+    if reason == "target_loss":
+        return "done", "done: reached the target loss"
+    if reason == "failed":
+        return "error", "failed"
+    return "done", "done"
+
+
+def status_text(record: RunRecord, frame: Frame | None, lead: str = "training", shown: bool = False) -> str:
+    """'training · step 120 / 300 · 31 steps/s · feature loss 3.1e-04 · 4.2 s · 5 islands · <teacher>'.
+
+    `shown`: the numbers of the frame itself (a scrubbed frame), not the run's latest step.
+    """
+    parts = [lead] if lead else []
+    live = record.live
+    if frame is not None and live is not None:
+        hist, n = live.history, live.steps_done
+        kind = "global loss" if record.experiment.target == "global" else "feature loss"
+        if shown or not n:
+            parts += [f"step {frame.step} / {record.total_steps}", f"{kind} {frame.feat_loss:.1e}",
+                      f"{frame.elapsed_s:.1f} s"]
+        else:
+            parts += [f"step {hist.step[n - 1]} / {record.total_steps}", f"{live.steps_per_s:.0f} steps/s",
+                      f"{kind} {hist.feat_loss[n - 1]:.1e}", f"{hist.elapsed_s[n - 1]:.1f} s"]
+        parts.append(f"{frame.metrics.n_islands} islands")
+    parts.append(record.teacher_label)
+    return " · ".join(parts)
+
+
+def one_pass_run(run_id: int, exp: Experiment, picture: Image.Image, image_name: str, loaded: Any,
+                 view: View) -> tuple[RunRecord, float]:
+    """A trained APM's decoding of an image with no training: a record with one frame at step 0 (the APM as it
+    is), built like any run's, so every panel, pointing and exports work on it. Returns (record, seconds)."""
+    import torch
+
+    from apm.fit import predict
+    from apm.images import image_to_tensor
+
+    started = time.perf_counter()
+    apm = loaded.apm
+    features, rgb = predict(apm, picture)  # (h, w, d) in the teacher's units, (h, w, 3)
+    h, w = apm.config.grid
+    teacher_grid, teacher_label = None, "teacher not named by the checkpoint"
+    if loaded.meta.get("teacher"):
+        _, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, picture)
+        teacher_grid, teacher_label = out.grid, out.info.label
+        if teacher_grid.shape != features.shape:
+            teacher_grid = None  # another grid than the APM's: no fidelity, no teacher islands
+    record = RunRecord(run_id=run_id, experiment=exp, image_name=image_name, grid_shape=(h, w),
+                       input_small=downsample_rgb(picture, h, w), teacher_label=teacher_label,
+                       teacher_grid=teacher_grid, total_steps=0)
+    if teacher_grid is not None:
+        record.teacher_projection = project(teacher_grid, view.config)
+    with torch.no_grad():
+        column = apm.trigger_column(image_to_tensor(picture, apm.config.image_size)[None])[0].numpy()
+    state = apm.folded_state()
+    record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
+    record.positional = apm.positional_code()
+    snap = Snapshot(step=0, total_steps=0, feat_loss=float("nan"), rgb_loss=float("nan"), global_loss=None,
+                    loss=float("nan"), lr=0.0, elapsed_s=0.0, features=features, rgb=rgb, trigger_column=column,
+                    conv_filter=apm.conv_filter(), done=True)
+    record.add_frame(make_frame(snap, record, view, final=True))
+    return record, time.perf_counter() - started
+
+
+# exports
+
+def _caption(image: Image.Image, text: str) -> Image.Image:
+    canvas = Image.new("RGB", (image.width, image.height + 18), "white")
+    canvas.paste(image, (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill=(30, 30, 30))
+    return canvas
+
+
+def _scatter_image(projection: Projection, size: int = 256) -> Image.Image:
+    canvas = Image.new("RGB", (size, size), (250, 250, 250))
+    draw = ImageDraw.Draw(canvas)
+    emb = projection.embedding
+    emb = emb[:, :2] if projection.dim >= 2 else np.c_[emb[:, 0], np.zeros(len(emb))]
+    lo, hi = emb.min(axis=0), emb.max(axis=0)
+    xy = (emb - lo) / np.where(hi > lo, hi - lo, 1.0) * (size - 16) + 8
+    for (x, y), c in zip(xy, pictures.to_uint8(projection.colours)):
+        draw.ellipse((x - 3, size - y - 3, x + 3, size - y + 3), fill=tuple(int(v) for v in c))
+    return canvas
+
+
+def run_summary(record: RunRecord) -> dict:
+    """Everything needed to run it again: the settings, the teacher, the configs used, the versions."""
+    live = record.live
+    summary = {
+        "experiment": record.experiment.to_dict(),
+        "image": record.image_name,
+        "teacher": record.teacher_label,
+        "grid": list(record.grid_shape),
+        "steps_done": live.steps_done if live is not None else 0,
+        "stop_reason": live.stop_reason if live is not None else None,
+        "environment": environment_record(),
+    }
+    if live is not None:
+        summary["train_config"] = live.run.config.__dict__
+        summary["model_config"] = live.run.model_config.__dict__
+    return summary
+
+
+def export_run(folder: Path, record: RunRecord) -> list[Path]:
+    """islands.gif, snapshots.npz, panels.png and run.json in `folder`/run-<id>."""
+    out = folder / f"run-{record.run_id}"
+    frames = list(record.frames)
+    gif = [
+        _caption(Image.fromarray(np.concatenate([pictures.enlarge(f.projection.image, 192), pictures.enlarge(f.rgb, 192)], axis=1)),
+                 f"step {f.step}: islands | RGB")
+        for f in frames
+    ]
+    save_gif(out / "islands.gif", gif, duration_ms=150)
+    hist = record.history()
+    save_npz(
+        out / "snapshots.npz",
+        step=np.array([f.step for f in frames]), feat_loss=np.array([f.feat_loss for f in frames], np.float32),
+        rgb_loss=np.array([f.rgb_loss for f in frames], np.float32),
+        features=np.stack([f.features.astype(np.float32) for f in frames]), rgb=np.stack([f.rgb for f in frames]),
+        islands=np.stack([f.projection.image for f in frames]),
+        # frames re-projected in another view may differ in dimensions: padded to 3, each frame's own recorded
+        embedding=np.stack([np.pad(f.projection.embedding, ((0, 0), (0, 3 - f.projection.dim))) for f in frames]),
+        embedding_dim=np.array([f.projection.dim for f in frames]),
+        trigger_column=np.stack([f.trigger_column for f in frames]),
+        n_islands=np.array([f.metrics.n_islands for f in frames]), curve_step=hist["step"],
+        curve_feat_loss=hist["feat_loss"].astype(np.float32), curve_rgb_loss=hist["rgb_loss"].astype(np.float32),
+    )
+    last = frames[-1]
+    tiles = [
+        _caption(Image.fromarray(pictures.enlarge(record.input_small, 256)), "input (grid resolution)"),
+        _caption(_scatter_image(last.projection), f"islands scatter, step {last.step}"),
+        _caption(Image.fromarray(pictures.enlarge(last.projection.image, 256)), "APM islands"),
+    ]
+    if record.teacher_projection is not None:
+        tiles.append(_caption(Image.fromarray(pictures.enlarge(record.teacher_projection.image, 256)), "teacher islands"))
+    tiles.append(_caption(Image.fromarray(pictures.enlarge(last.rgb, 256)), "RGB reconstruction"))
+    if last.metrics.fidelity_map is not None:
+        tiles.append(_caption(Image.fromarray(pictures.enlarge(pictures.colormap(last.metrics.fidelity_map, 0, 1), 256)),
+                              "teacher fidelity"))
+    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), max(t.height for t in tiles)), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width + 8
+    write_atomic(out / "panels.png", lambda tmp: sheet.save(tmp, format="PNG"))
+    save_json(out / "run.json", run_summary(record))
+    return [out / name for name in ("islands.gif", "snapshots.npz", "panels.png", "run.json")]
