@@ -36,9 +36,13 @@ CSS = """
   #action-bar .apm-status, #walk-action-bar .apm-status { font-size: 12px; padding: 4px 8px; }
 }
 /* grid-resolution images are sent small and enlarged by the browser, crisp */
-#input-small img, #islands-image img, #teacher-islands img, #rgb-image img, #conv-filter img,
+#input-small img, #islands-image img, #teacher-islands img, #rgb-image img,
 #walk-rgb-a img, #walk-rgb img, #walk-islands img, #walk-rgb-b img {
   width: 100% !important; height: 100% !important; object-fit: contain; image-rendering: pixelated; }
+/* the conv filter: served at 128 px and shown at its own size (a 100% width in a box that fits its content
+   is 0 px wide, and a lazy image that is 0 px wide never loads) */
+#conv-filter img { width: 128px !important; height: 128px !important; max-width: 100%; object-fit: contain;
+  image-rendering: pixelated; }
 .apm-caption { color: var(--body-text-color-subdued); font-size: 13px; }
 .apm-labels { padding: 8px 10px; border: 1px solid var(--border-color-primary); border-radius: 8px; }
 .apm-labels-title { font-weight: 600; margin-bottom: 6px; }
