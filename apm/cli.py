@@ -299,7 +299,9 @@ def cmd_overfit(args: argparse.Namespace) -> int:
     if args.target is not None:
         from .teachers import load_feature_array
 
-        target = Target.from_array(load_feature_array(args.target))
+        array = load_feature_array(args.target)
+        target = Target.from_array(array)
+        compare = array if array.ndim == 3 else None
         target_info: dict = {"source": "file", "path": str(args.target)}
     else:
         teacher = _teacher(args, teacher_id=exp.teacher, random_weights=exp.random_weights)
@@ -311,6 +313,7 @@ def cmd_overfit(args: argparse.Namespace) -> int:
         if target.grid is None and target.global_vector is None:
             raise InputError(f"{output.info.label} gives no global vector: use --target-kind dense")
         target_info = {"source": "teacher", "kind": exp.target, **asdict(output.info)}
+        compare = output.grid  # the islands are compared with the teacher's grid, whatever the target
     config = exp.train_config(time_budget_s=args.time_budget, device=args.device or "auto")
     if trained is not None:
         if target.grid is None:
@@ -320,11 +323,14 @@ def cmd_overfit(args: argparse.Namespace) -> int:
         run = OverfitRun(image, target, config, exp.model_config())
     live, interrupted = _run_training(run, "overfit")
     out = Path(args.out)
-    write_run(out, live, target_info, interrupted, recipe=exp.to_dict())
+    content = _content(live.latest.features, compare, run.model.positional_code())
+    write_run(out, live, target_info, interrupted, recipe=exp.to_dict(),
+              content=content.to_dict() if content is not None else None)
     _write_islands(out, live.latest.features, exp.projection_config(), grid_shape=None)
     state = "interrupted" if interrupted else "done"
     print(f"{state}: {live.steps_done} steps, feature loss {live.history.feat_loss[-1]:.3e}, "
           f"wrote {out / 'run.npz'}, {out / 'summary.json'} and {out / 'islands.png'}")
+    _print_content(content)
     return EXIT_INTERRUPTED if interrupted else 0
 
 
@@ -413,16 +419,32 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     colours = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
     scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
     save_png(out / "rgb.png", Image.fromarray(colours).resize((w * scale, h * scale), Image.NEAREST))
+    meta = getattr(apm, "meta", {}) or {}
+    content, why = None, "the checkpoint names no teacher"
+    if meta.get("teacher"):  # the teacher it was distilled from, to say what its islands rest on
+        from .errors import WeightsUnavailableError
+        from .teachers import create_teacher
+
+        try:
+            teacher = create_teacher(meta["teacher"], layer=meta.get("layer"), random_weights=bool(meta.get("random_weights")))
+            content = _content(features, teacher.encode(image).grid, apm.positional_code())
+        except WeightsUnavailableError as exc:
+            why = f"its teacher cannot be loaded here ({exc})"
     save_json(out / "summary.json", {
         "command": "islands",
         "checkpoint": str(folder),
-        "meta": getattr(apm, "meta", {}),
+        "meta": meta,
         "projection": asdict(config),
         "grid_shape": [h, w],
+        "content": content.to_dict() if content is not None else None,
         "environment": _environment(),
     })
     print(f"wrote {out / 'islands.png'}, {out / 'islands.npz'}, {out / 'rgb.png'} and {out / 'features.npy'}: "
           f"{h} x {w} islands of the APM in {folder} (one forward pass)")
+    if content is None:
+        print(f"content: not measured: {why}")
+    else:
+        _print_content(content)
     return 0
 
 
@@ -455,7 +477,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_run(out: Path, live, target_info: dict, interrupted: bool = False, recipe: dict | None = None) -> None:
+def write_run(out: Path, live, target_info: dict, interrupted: bool = False, recipe: dict | None = None,
+              content: dict | None = None) -> None:
     """run.npz (recorded snapshots plus every step's losses) and summary.json (everything needed to rerun it)."""
     from .io import environment_record
 
@@ -496,9 +519,31 @@ def write_run(out: Path, live, target_info: dict, interrupted: bool = False, rec
         "param_count": folded.param_count,
         "param_bytes": folded.param_bytes,
         "recorded_steps": len(recorded),
+        "content": content,  # what the last snapshot's islands rest on (apm.content), None without a teacher grid
         "environment": environment_record(),
     }
     save_json(out / "summary.json", summary)
+
+
+def _content(features: np.ndarray, teacher_grid: np.ndarray | None, positional: np.ndarray | None):
+    """The content figures of a grid against a teacher's grid (read at the grid's locations), or None."""
+    from .content import ContentReference, resize_grid
+
+    if teacher_grid is None or np.asarray(teacher_grid).ndim != 3:
+        return None
+    shape = features.shape[:2]
+    return ContentReference(shape, resize_grid(teacher_grid, shape), positional).measure(features)
+
+
+def _print_content(m) -> None:
+    from .content import content_sentence
+
+    if m is None:
+        print("content: no teacher grid to compare with")
+        return
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"content: CKA to teacher {fmt(m.cka_teacher)}, CKA to position {fmt(m.cka_position)}, islands ARI "
+          f"{fmt(m.ari_teacher)}, spread {fmt(m.spread)}: {content_sentence(m)}")
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:

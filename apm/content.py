@@ -1,11 +1,18 @@
 """What a feature grid's islands rest on: content metrics as pure functions (arrays in, numbers out).
 
 An islands picture can look the same whether it shows the image's parts or only the positional code magnified
-by a t-SNE. These figures say which: how much of the teacher's structure a grid carries (linear CKA), computed
-over the grid's locations, so they are independent of the feature space's basis and scale.
+by a t-SNE. These figures say which, each computed over the grid's locations (so independent of the feature
+space's basis and scale):
+- `cka_teacher`: linear CKA to the teacher's grid (1: it carries the teacher's structure);
+- `cka_position`: linear CKA to the 2D sin-cos code of the locations alone (1: a linear map of where a location is);
+- `ari_teacher`: agreement (adjusted Rand index) of its islands with the teacher's, cut the same way;
+- `spread`: how different its locations are, over how different the teacher's are (near 0: nearly constant).
+`content_sentence` says in one sentence what they mean, naming the figure it rests on.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,6 +31,20 @@ def _rows(x: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def _centred_gram(x: np.ndarray) -> np.ndarray:
+    """(n, d) -> the (n, n) Gram matrix of the column-centred rows (the cost grows with n, not with d); the
+    product in float32, the entries then in float64 for the sums CKA takes over them."""
+    x = (x - x.mean(axis=0)).astype(np.float32)
+    return (x @ x.T).astype(np.float64)
+
+
+def _cka_grams(kx: np.ndarray, ky: np.ndarray) -> float:
+    norm = np.sqrt((kx * kx).sum() * (ky * ky).sum())
+    if norm <= 0 or not np.isfinite(norm):
+        return 0.0
+    return float(np.clip((kx * ky).sum() / norm, 0.0, 1.0))
+
+
 def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     """Linear centred kernel alignment of two representations of the same locations, in [0, 1].
 
@@ -34,11 +55,170 @@ def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     x, y = _rows(a, "a"), _rows(b, "b")
     if x.shape[0] != y.shape[0]:
         raise InputError(f"a has {x.shape[0]} locations, b has {y.shape[0]}")
-    x = x - x.mean(axis=0)  # (n, d1)
-    y = y - y.mean(axis=0)  # (n, d2)
-    kx = x @ x.T  # (n, n) Gram matrices: the cost grows with n, not with the widths
-    ky = y @ y.T
-    norm = np.sqrt((kx * kx).sum() * (ky * ky).sum())
-    if norm <= 0 or not np.isfinite(norm):
+    return _cka_grams(_centred_gram(x), _centred_gram(y))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def resize_grid(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An (h', w', d) grid read at another grid's (h, w) locations (bilinear, half-pixel centres): to compare a
+    teacher's grid with an APM's of another size. The same grid when the sizes match."""
+    import torch
+    import torch.nn.functional as F
+
+    g = np.asarray(grid, dtype=np.float32)
+    if g.ndim != 3:
+        raise InputError(f"a grid must be (h, w, d), got shape {g.shape}")
+    if tuple(g.shape[:2]) == tuple(shape):
+        return g
+    t = torch.from_numpy(np.ascontiguousarray(g)).permute(2, 0, 1)[None]  # (1, d, h', w')
+    out = F.interpolate(t, size=tuple(int(s) for s in shape), mode="bilinear", align_corners=False)
+    return out[0].permute(1, 2, 0).numpy().copy()  # (h, w, d)
+
+
+def position_code(h: int, w: int, dim: int = 256) -> np.ndarray:
+    """The 2D sin-cos code of every location of an h x w grid (the APM's own positional queries): (h*w, dim)."""
+    from .model import sincos_2d
+
+    return sincos_2d(h, w, dim).numpy()
+
+
+def relative_spread(grid: np.ndarray) -> float:
+    """How different the locations are: RMS distance of the features from their mean, over their RMS norm.
+
+    0 for a constant grid, about 1 when the locations share no common direction; a grid whose locations differ
+    by 1% of their norm reads 0.01, whatever the scale of the features."""
+    x = _rows(grid, "grid")
+    total = float(np.sqrt((x**2).sum(axis=1).mean()))
+    if total <= 0:
         return 0.0
-    return float(np.clip((kx * ky).sum() / norm, 0.0, 1.0))
+    return float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean()) / total)
+
+
+MAX_ISLANDS = 12  # islands compared at most (a noisy grid's threshold count can be every location)
+
+
+def island_count(grid: np.ndarray) -> int:
+    """How many islands to cut a grid into for comparisons: `apm.islands.island_metrics`'s count, in [2, 12]."""
+    from .islands import island_metrics
+
+    g = np.asarray(grid, dtype=np.float32)
+    n = island_metrics(g if g.ndim == 3 else g.reshape(1, *g.shape)).n_islands
+    return int(min(max(n, 2), MAX_ISLANDS, _rows(g, "grid").shape[0]))
+
+
+def island_labels(grid: np.ndarray, k: int) -> np.ndarray:
+    """(n,) labels of `k` islands: Ward clustering of the unit-normalised features (the same cut for any grid)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = _rows(grid, "grid")
+    tree = linkage(_unit_rows(x), method="ward")
+    return fcluster(tree, t=int(min(max(k, 2), x.shape[0])), criterion="maxclust")
+
+
+def islands_agreement(a: np.ndarray, b: np.ndarray, k: int | None = None) -> float:
+    """Adjusted Rand index between the islands of two grids of the same locations, in [-1, 1] (1: the same).
+
+    Both grids are cut into `k` islands the same way (`island_labels`; `k` defaults to `island_count(b)`), so
+    the figure is about which locations go together, not about how many islands a threshold finds."""
+    from sklearn.metrics import adjusted_rand_score
+
+    x, y = _rows(a, "a"), _rows(b, "b")
+    if x.shape[0] != y.shape[0]:
+        raise InputError(f"a has {x.shape[0]} locations, b has {y.shape[0]}")
+    k = island_count(b) if k is None else k
+    return float(adjusted_rand_score(island_labels(y, k), island_labels(x, k)))
+
+
+@dataclass(frozen=True)
+class ContentMetrics:
+    """What a grid's islands rest on, against its teacher and its positional code (None: not measurable)."""
+
+    cka_teacher: float | None  # linear CKA to the teacher's grid: 1 when it carries the teacher's structure
+    cka_position: float  # linear CKA to the location code alone: 1 when it is a linear map of where a location is
+    ari_teacher: float | None  # its islands against the teacher's islands (adjusted Rand index)
+    spread: float | None  # its relative spread over the teacher's: well below 1 when the locations barely differ
+
+    def to_dict(self) -> dict[str, float | None]:
+        """{"cka_teacher", "cka_position", "ari_teacher", "spread"}: as summary.json and /run write them."""
+        return {k: (None if v is None else round(float(v), 4)) for k, v in asdict(self).items()}
+
+
+class ContentReference:
+    """What a run's frames are measured against, prepared once: the teacher's grid and the location code (their
+    Gram matrices, the teacher's islands and spread), so each frame costs one Gram matrix and one clustering."""
+
+    def __init__(self, grid_shape: tuple[int, int], teacher: np.ndarray | None = None,
+                 positional: np.ndarray | None = None):
+        h, w = grid_shape
+        self.grid_shape = (int(h), int(w))
+        code = position_code(h, w) if positional is None else np.asarray(positional, dtype=np.float32)
+        if code.shape[0] != h * w:
+            raise InputError(f"the positional code has {code.shape[0]} rows for a {h} x {w} grid")
+        self._position = _centred_gram(_rows(code, "positional"))
+        self._teacher = self._labels = None
+        self._spread = None
+        self.k = None
+        if teacher is not None:
+            target = np.asarray(teacher, dtype=np.float32)
+            if target.shape[:2] != self.grid_shape:
+                raise InputError(f"the teacher's grid is {target.shape[0]} x {target.shape[1]}, the features' {h} x {w}")
+            self._teacher = _centred_gram(_rows(target, "teacher"))
+            self.k = island_count(target)
+            self._labels = island_labels(target, self.k)
+            self._spread = relative_spread(target)
+
+    def measure(self, features: np.ndarray) -> ContentMetrics:
+        """The content figures of one (h, w, d) grid of these locations."""
+        from sklearn.metrics import adjusted_rand_score
+
+        grid = np.asarray(features, dtype=np.float32)
+        if grid.ndim != 3 or grid.shape[:2] != self.grid_shape:
+            raise InputError(f"features must be a {self.grid_shape[0]} x {self.grid_shape[1]} x d grid, got {grid.shape}")
+        kx = _centred_gram(_rows(grid, "features"))
+        cka_position = _cka_grams(kx, self._position)
+        if self._teacher is None:
+            return ContentMetrics(None, cka_position, None, None)
+        return ContentMetrics(
+            cka_teacher=_cka_grams(kx, self._teacher),
+            cka_position=cka_position,
+            ari_teacher=float(adjusted_rand_score(self._labels, island_labels(grid, self.k))),
+            spread=relative_spread(grid) / self._spread if self._spread else None,
+        )
+
+
+def content_metrics(features: np.ndarray, teacher: np.ndarray | None = None,
+                    positional: np.ndarray | None = None) -> ContentMetrics:
+    """The content figures of an (h, w, d) grid: against the teacher's (h, w, d_t) grid when given, and against
+    a positional code (h*w, p) (default: the 2D sin-cos code of the grid). For many frames of one run, build a
+    `ContentReference` once and `measure` each."""
+    grid = np.asarray(features, dtype=np.float32)
+    if grid.ndim != 3:
+        raise InputError(f"features must be an (h, w, d) grid, got shape {grid.shape}")
+    return ContentReference(grid.shape[:2], teacher, positional).measure(grid)
+
+
+# what the figures mean, in one sentence
+
+FOLLOWS_TEACHER = 0.8  # CKA to the teacher from which the islands are said to follow it
+NEARLY_CONSTANT = 0.1  # relative spread (over the teacher's) under which the features are said to be nearly constant
+
+
+def content_sentence(m: ContentMetrics) -> str:
+    """One plain sentence saying what the islands rest on, from the figures (each sentence names its figure)."""
+    if m.spread is not None and m.spread < NEARLY_CONSTANT:
+        return (f"the features are nearly constant (spread {m.spread:.2f} of the teacher's): the view magnifies tiny "
+                "differences, so these islands are not the image's parts")
+    if m.cka_teacher is None:
+        if m.cka_position >= FOLLOWS_TEACHER:
+            return f"mostly the positional code (CKA {m.cka_position:.2f} to the location code alone)"
+        return f"no teacher to compare with (CKA {m.cka_position:.2f} to the location code alone)"
+    if m.cka_teacher >= FOLLOWS_TEACHER and m.cka_teacher >= m.cka_position:
+        return f"the islands follow the teacher (CKA {m.cka_teacher:.2f})"
+    if m.cka_position > m.cka_teacher:
+        return (f"mostly the positional code: CKA {m.cka_position:.2f} to the location code alone, "
+                f"{m.cka_teacher:.2f} to the teacher")
+    return f"the islands follow the teacher only in part (CKA {m.cka_teacher:.2f})"

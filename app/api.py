@@ -105,6 +105,7 @@ def api_run(
            "total_steps": record.total_steps, "feat_loss": record.live.history.feat_loss[-1],
            "rgb_loss": record.live.history.rgb_loss[-1], "n_islands": last.metrics.n_islands, "done": True,
            "stop_reason": record.live.stop_reason,
+           "content": last.content.to_dict() if last.content is not None else None,
            "islands": _file(session, record, "islands.png", last.projection.image),
            "rgb": _file(session, record, "rgb.png", last.rgb),
            "snapshots": FileData(path=str(files[1])).model_dump(),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from apm.content import ContentReference, resize_grid
 from apm.errors import InputError
 from apm.images import downsample_rgb
 from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
@@ -168,7 +169,15 @@ def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: 
         state = overfit.model.folded_state()
         record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
         record.positional = overfit.model.positional_code()
+        record.content_ref = content_reference(record, teacher_grid)
     return Prepared(run_id, record, overfit, zero_shot)
+
+
+def content_reference(record: RunRecord, teacher_grid: np.ndarray | None) -> ContentReference:
+    """What a run's frames are measured against: the teacher's grid read at the APM's locations (any target, a
+    global one too: the islands are compared with the teacher's grid at that layer) and the APM's location code."""
+    compare = None if teacher_grid is None else resize_grid(teacher_grid, record.grid_shape)
+    return ContentReference(record.grid_shape, compare, record.positional)
 
 
 def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = None, final: bool = False) -> Frame:
@@ -185,11 +194,12 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
     labels = None
     if zero_shot is not None and snap.global_vector is not None and snap.global_vector.shape[-1] == zero_shot.info.global_dim:
         labels = zero_shot.zero_shot(snap.global_vector, record.labels, top_k=min(5, len(record.labels)))
+    content = record.content_ref.measure(snap.features) if record.content_ref is not None else None
     return Frame(
         step=snap.step, elapsed_s=snap.elapsed_s, feat_loss=snap.feat_loss, rgb_loss=snap.rgb_loss,
         features=snap.features.astype(np.float16), rgb=snap.rgb, trigger_column=snap.trigger_column,
         conv_filter=snap.conv_filter, projection=projection, metrics=metrics, global_vector=snap.global_vector,
-        apm_labels=labels,
+        apm_labels=labels, content=content,
     )
 
 
@@ -300,10 +310,11 @@ def one_pass_run(run_id: int, exp: Experiment, picture: Image.Image, image_name:
     apm = loaded.apm
     features, rgb = predict(apm, picture)  # (h, w, d) in the teacher's units, (h, w, 3)
     h, w = apm.config.grid
-    teacher_grid, teacher_label = None, "teacher not named by the checkpoint"
+    teacher_grid, teacher_label, compare = None, "teacher not named by the checkpoint", None
     if loaded.meta.get("teacher"):
         _, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, picture)
         teacher_grid, teacher_label = out.grid, out.info.label
+        compare = teacher_grid
         if teacher_grid.shape != features.shape:
             teacher_grid = None  # another grid than the APM's: no fidelity, no teacher islands
     record = RunRecord(run_id=run_id, experiment=exp, image_name=image_name, grid_shape=(h, w),
@@ -316,6 +327,7 @@ def one_pass_run(run_id: int, exp: Experiment, picture: Image.Image, image_name:
     state = apm.folded_state()
     record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
     record.positional = apm.positional_code()
+    record.content_ref = content_reference(record, compare)
     snap = Snapshot(step=0, total_steps=0, feat_loss=float("nan"), rgb_loss=float("nan"), global_loss=None,
                     loss=float("nan"), lr=0.0, elapsed_s=0.0, features=features, rgb=rgb, trigger_column=column,
                     conv_filter=apm.conv_filter(), done=True)

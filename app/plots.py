@@ -114,8 +114,10 @@ def islands_scatter(projection: Projection | None, step: int | None = None) -> P
 def loss_figure(
     steps: np.ndarray, feat: np.ndarray, rgb: np.ndarray, island_steps: list[int], n_islands: list[int],
     n_connected: list[int], current_step: int | None = None, global_only: bool = False,
+    cka: list[float | None] | None = None,
 ) -> PlotData:
-    """Loss curves (log scale) above the whole-to-part curve (island count against step)."""
+    """Loss curves (log scale) above the whole-to-part curve (island count against step); `cka`, one value per
+    island step, adds the CKA to the teacher on a 0-1 axis at the right of the lower panel."""
     feat_name = "global (CLS) loss" if global_only else "feature loss"
     data = [
         {"type": "scatter", "x": steps, "y": feat, "name": feat_name, "line": {"color": "#1f77b4"}},
@@ -124,6 +126,10 @@ def loss_figure(
         {"type": "scatter", "x": island_steps, "y": n_connected, "name": "connected islands", "mode": "lines+markers",
          "line": {"color": "#9467bd", "shape": "hv", "dash": "dot"}, "xaxis": "x2", "yaxis": "y2"},
     ]
+    if cka is not None and any(v is not None for v in cka):
+        data.append({"type": "scatter", "x": island_steps, "y": [None if v is None else float(v) for v in cka],
+                     "name": "CKA to teacher", "mode": "lines+markers", "line": {"color": "#ff7f0e"},
+                     "xaxis": "x2", "yaxis": "y3"})
     if rgb is not None and len(rgb) and np.any(np.asarray(rgb) > 0):
         data.insert(1, {"type": "scatter", "x": steps, "y": rgb, "name": "RGB loss", "line": {"color": "#d62728"}})
     shapes = []
@@ -142,6 +148,8 @@ def loss_figure(
                    "title": {"text": "step", "standoff": 4}},
         "yaxis2": {"domain": [0.0, 0.44], "anchor": "x2", "rangemode": "tozero", "automargin": True,
                    "title": {"text": "islands"}},
+        "yaxis3": {"overlaying": "y2", "side": "right", "range": [0, 1.05], "anchor": "x2", "automargin": True,
+                   "title": {"text": "CKA"}, "showgrid": False},
     }
     return figure(data, layout)
 

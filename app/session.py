@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from apm.content import ContentMetrics, ContentReference
 from apm.islands import IslandMetrics, Projection
 from apm.live import LiveRun
 from apm.recipes import Experiment
@@ -48,6 +49,7 @@ class Frame:
     metrics: IslandMetrics  # island counts, agreement, fidelity map
     global_vector: np.ndarray | None = None  # (d_g,) the APM's global prediction, when it has a global head
     apm_labels: list[tuple[str, float]] | None = None  # zero-shot top-5 of the APM's global vector
+    content: ContentMetrics | None = None  # what its islands rest on (CKA to the teacher and to the position, ...)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class RunRecord:
     total_steps: int = 0
     folded: dict[str, Any] = field(default_factory=dict)  # parameter counts and bytes by part
     positional: np.ndarray | None = None  # (h*w, pos_dim) the positional half of the unfolded queries
+    content_ref: ContentReference | None = None  # the teacher's grid and the location code, prepared for the frames
     live: LiveRun | None = None
     frames: list[Frame] = field(default_factory=list)
     status: str = "running"  # running | done | stopped | failed

@@ -53,6 +53,11 @@ CSS = """
 .apm-label-bar > span { display: block; height: 100%; background: #4f7df3; }
 .apm-label-p { text-align: right; font-variant-numeric: tabular-nums; }
 #teacher select, #teacher input { text-overflow: ellipsis; padding-right: 2em; }
+/* what the islands rest on: figures, then one sentence */
+.apm-content { padding: 6px 10px; border: 1px solid var(--border-color-primary); border-radius: 8px; font-size: 13px; }
+.apm-content-figures { font-variant-numeric: tabular-nums; color: var(--body-text-color-subdued); }
+.apm-content-figures b { color: var(--body-text-color); }
+.apm-content-sentence { margin-top: 2px; }
 /* the examples fit their column: three thumbnails that share its width, captions on up to two lines */
 #examples .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
 #examples .gallery-item, #examples .thumbnail-item { width: 100% !important; min-width: 0 !important; }

@@ -34,7 +34,7 @@ from tests.app_harness import (
 from tests.corpus.make_corpus import PICKLE_MARKER
 
 STREAMED = {"status", "islands-plot", "islands-image", "rgb-image", "loss-plot", "fidelity-plot", "apm-labels",
-            "conv-filter", "unfolded-plot", "timeline", "part-whole-tree"}
+            "conv-filter", "unfolded-plot", "timeline", "part-whole-tree", "content-readout"}
 SERVED = 256  # grid images are served enlarged (16 pixels a location on a 16 x 16 grid): clicks map to locations
 
 
@@ -69,6 +69,7 @@ def test_the_stream_sends_only_what_changes(finished):
     steps = []
     for k, out in enumerate(stream):
         assert set(out) <= STREAMED, set(out) - STREAMED  # never the panels that stay put
+        assert "CKA to teacher" in out["content-readout"] and "What the islands rest on" in out["content-readout"]
         status = parse_status(out["status"])
         assert status["total"] == 30 and status["loss"] > 0
         last = k == len(stream) - 1

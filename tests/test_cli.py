@@ -45,7 +45,12 @@ def test_overfit_round_trip(files, capsys):
     assert summary["final_feat_loss"] == pytest.approx(float(run["feat_loss"][-1]), rel=1e-5)
     assert summary["config"]["train"]["lr"] == 2e-3 and summary["config"]["train"]["seed"] == 1
     assert summary["config"]["model"]["grid"] == [6, 6]
-    assert "overfit" in capsys.readouterr().err  # the progress bar is on stderr
+    printed = capsys.readouterr()
+    assert "overfit" in printed.err  # the progress bar is on stderr
+    # what the islands rest on: against the dense target array, and said on stdout
+    assert set(summary["content"]) == {"cka_teacher", "cka_position", "ari_teacher", "spread"}
+    assert 0 <= summary["content"]["cka_teacher"] <= 1 and summary["content"]["spread"] > 0
+    assert "content: CKA to teacher" in printed.out
 
 
 def test_overfit_global_target(files):

@@ -110,3 +110,26 @@ def test_levels_differ_from_level_to_level(teacher):
     steps = [float(np.abs(a - b).mean()) for a, b in zip(pictures, pictures[1:])]
     assert min(steps) > 0.01, steps  # no two neighbouring levels look alike
     assert linear_cka(grids[0], grids[-1]) < 0.9  # the first and last levels see different structure
+
+
+def test_the_content_figures_tell_dense_islands_from_single_token_ones(tmp_path):
+    """What the page and the cls-ttt recipe's text say, measured: dense distillation follows the teacher; the
+    single-token recipe (on DINOv2's CLS token) makes nearly constant features, much the same for two photos."""
+    import json
+
+    from apm.cli import main
+
+    grids = {}
+    for name, path in (("flower", FLOWER), ("china", CHINA)):
+        for recipe in ("dense-distill", "cls-ttt"):
+            out = tmp_path / f"{recipe}-{name}"
+            assert main(["overfit", str(path), "--teacher", "dinov2:imgfocus", "--recipe", recipe,
+                         "--out", str(out)]) == 0
+            content = json.loads((out / "summary.json").read_text())["content"]
+            grids[recipe, name] = np.load(out / "run.npz")["features"][-1]
+            if recipe == "dense-distill":
+                assert content["cka_teacher"] >= 0.95 and content["spread"] > 0.5, content
+            else:
+                assert content["spread"] < 0.1 and content["cka_teacher"] < 0.5, content
+    assert linear_cka(grids["dense-distill", "flower"], grids["dense-distill", "china"]) < 0.5
+    assert linear_cka(grids["cls-ttt", "flower"], grids["cls-ttt", "china"]) > 0.7  # the same islands for both

@@ -147,6 +147,8 @@ def test_the_api_runs_with_defaults_and_named_outputs(client, image):
     assert result["done"] is True and result["step"] == MIN_STEPS and result["total_steps"] == MIN_STEPS
     assert result["status"].startswith("done · step 10 / 10") and "<" not in result["status"]
     assert result["n_islands"] >= 1 and result["feat_loss"] > 0
+    assert set(result["content"]) == {"cka_teacher", "cka_position", "ari_teacher", "spread"}  # what they rest on
+    assert 0 <= result["content"]["cka_teacher"] <= 1
     for key in ("islands", "rgb", "snapshots", "settings"):
         assert isinstance(result[key], dict) and result[key]["url"], key  # served files (not downloaded here)
     settings = client.predict(image=image, recipe="cls-ttt", steps=MIN_STEPS, api_name="/run")

@@ -33,4 +33,5 @@ class LossPanel(Panel):
         return {self.plot: plots.loss_figure(
             hist["step"], hist["feat_loss"], hist["rgb_loss"], [f.step for f in frames],
             [f.metrics.n_islands for f in frames], [f.metrics.n_connected for f in frames], current_step=frame.step,
-            global_only=record.experiment.target == "global")}
+            global_only=record.experiment.target == "global",
+            cka=[f.content.cka_teacher if f.content is not None else None for f in frames])}
