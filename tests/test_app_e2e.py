@@ -352,3 +352,26 @@ def test_a_shared_link_opens_the_page_with_its_settings(browser, server):
     shot(page, ARTIFACTS, "13-shared-link")
     no_page_errors(page)
     page.close()
+
+
+def test_the_control_runs_the_same_settings_on_a_blank_image(browser, server):
+    """A run, then its control one click away: the control's islands beside the run's, and the CKA between the
+    two grids said in words."""
+    page = open_app(browser, server)
+    click_example(page, EXAMPLE_FACE)
+    wait_text(page, "status", "face.png: 448 x 448 px, ready")
+    open_accordion(page, "Training")
+    set_number(page, "steps", 20)
+    page.click("#run")
+    wait_text(page, "status", r"^done", 120_000)
+    readout = page.evaluate("() => document.querySelector('#content-readout').innerText")
+    assert "CKA to teacher" in readout and "What the islands rest on at step 20" in readout, readout
+    open_accordion(page, "Control: the same settings on another image")
+    page.click("#control-run")
+    summary = wait_text(page, "control-summary", r"^Control on a blank image, 20 steps", 120_000)
+    assert re.search(r"the two grids (differ|are alike) \(CKA \d\.\d\d between them\)", summary), summary
+    page.wait_for_selector("#control-islands img", timeout=15_000)
+    page.wait_for_selector("#control-this img", timeout=15_000)
+    shot(page, ARTIFACTS, "13-control", full_page=False)
+    no_page_errors(page)
+    page.close()

@@ -58,6 +58,7 @@ class Panel:
 def default_panels() -> list[Panel]:
     """The Islands tab's panels, top to bottom."""
     from .content import ContentPanel
+    from .control import ControlPanel
     from .export import ExportPanel
     from .fidelity import FidelityPanel
     from .folded import FoldedPanel
@@ -68,5 +69,5 @@ def default_panels() -> list[Panel]:
     from .timeline import TimelinePanel
     from .tree import TreePanel
 
-    return [IslandsPanel(), ContentPanel(), LevelsPanel(), TimelinePanel(), PointingPanel(), TreePanel(), LossPanel(),
+    return [IslandsPanel(), ContentPanel(), ControlPanel(), LevelsPanel(), TimelinePanel(), PointingPanel(), TreePanel(), LossPanel(),
             FidelityPanel(), FoldedPanel(), ExportPanel()]
