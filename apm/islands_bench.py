@@ -79,6 +79,13 @@ def islands_figures(repeats: int = REPEATS) -> dict[str, float]:
     config = IslandConfig()
     figures["metrics_ms_256"] = _median_ms(lambda i: island_metrics(grid_256, grid_256, config), repeats)
     figures["metrics_ms_1024"] = _median_ms(lambda i: island_metrics(grid_1024, grid_1024, config), repeats)
+    # the content figures of one live frame (apm.content): what a run's ContentReference.measure costs per frame
+    from .content import ContentReference, position_code
+
+    for side, grid in ((16, grid_256), (32, grid_1024)):
+        teacher = np.ascontiguousarray(grid[..., ::-1])  # another grid of the same locations
+        reference = ContentReference((side, side), teacher, position_code(side, side))
+        figures[f"content_ms_{side * side}"] = _median_ms(lambda i, g=grid, r=reference: r.measure(g), repeats)
     return figures
 
 
