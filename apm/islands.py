@@ -213,14 +213,15 @@ def _check_grid(features: np.ndarray, name: str = "features") -> np.ndarray:
 
 
 _blas_lock = threading.Lock()
-_blas_users = 0  # callers inside _one_blas_thread(); the first sets the limit, the last restores it
+_blas_users = 0  # callers inside one_blas_thread(); the first sets the limit, the last restores it
 _blas_limiter = None
 _blas_controller: ThreadpoolController | None = None
 
 
 @contextlib.contextmanager
-def _one_blas_thread():
-    """Run numpy's BLAS on one thread. The products here are small (n <= a few thousand): on a shared 2-core
+def one_blas_thread():
+    """Run numpy's BLAS on one thread (every BLAS product of a live frame runs inside it: a thread count changed
+    while another thread is inside a BLAS call can leave OpenBLAS spinning). The products here are small (n <= a few thousand): on a shared 2-core
     machine waking a second BLAS thread costs more than it saves, and turns a 0.5 ms product into 5-10 ms."""
     global _blas_users, _blas_limiter, _blas_controller
     with _blas_lock:
@@ -485,7 +486,7 @@ def project(
     grid = _check_grid(features)
     if not isinstance(config, ProjectionConfig):
         raise InputError("config must be a ProjectionConfig")
-    with _one_blas_thread():
+    with one_blas_thread():
         return _project(grid, config, previous, full_fit, align_to)
 
 
@@ -553,7 +554,7 @@ def pca_colours(features: np.ndarray, normalise: bool = True, seed: int = 0) -> 
     grid = _check_grid(features)
     h, w, d = grid.shape
     x = grid.reshape(h * w, d)  # (n, d)
-    with _one_blas_thread():
+    with one_blas_thread():
         scores = _pca_scores(_normalise(x) if normalise else x, 3, seed)  # (n, 3)
     lo, hi = np.percentile(scores, [1.0, 99.0], axis=0)  # (3,), (3,)
     span = hi - lo
@@ -649,7 +650,7 @@ def island_metrics(
     h, w, d = grid.shape
     y = _normalise(grid.reshape(h * w, d))  # (n, d)
 
-    with _one_blas_thread():
+    with one_blas_thread():
         labels = _clusters(y, config.distance_threshold)  # (n,)
     pieces = _connected(labels, h, w, config.connectivity)  # (n,)
     agreement, agreement_map = _agreement(y.reshape(h, w, d))
@@ -783,7 +784,7 @@ def part_whole_tree(
     nodes = [TreeNode("L0", "", 0, n, root_mask, colour_of(root_mask))]
     if n < 2 or _is_constant(y):
         return PartWholeTree(tuple(counts), tuple(nodes))
-    with _one_blas_thread():
+    with one_blas_thread():
         tree = linkage(y, method="ward")
     parent_labels = np.zeros(n, dtype=np.int64)
     parent_ids = {0: "L0"}
