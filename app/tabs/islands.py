@@ -362,8 +362,8 @@ class IslandsTab(Tab):
         try:
             for frame in engine.live_frames(prepared, lambda: state.view):
                 if session.superseded(prepared.run_id):
-                    record.status = "stopped"
-                    return  # a newer run owns the page now: its status, not this one's
+                    continue  # a newer run owns the page: nothing more of this one reaches it (the engine still
+                    # stops and joins its training, as for any run)
                 if record.live.finished:
                     break  # the final frame: sent once, below, with how the run ended
                 slow = time.monotonic() - last_slow >= SLOW_PANELS_EVERY_S
@@ -371,6 +371,8 @@ class IslandsTab(Tab):
                     last_slow = time.monotonic()
                 yield self.render(record, frame, live=True, slow=slow)
             record.status = "stopped" if record.live.stop_reason in ("stopped", "abandoned") else "done"
+            if session.superseded(prepared.run_id):
+                return
             kind, lead = engine.ending(record)
             record.note = lead
             if record.frames and not session.superseded(prepared.run_id):
