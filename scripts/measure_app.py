@@ -112,9 +112,10 @@ def _client_run(url: str, image: str, steps: int) -> dict:
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False, download_files=False)
+    values = settings(handle_file(image), steps)  # reads the controls registry: its imports are not the app's time
     pressed = time.perf_counter()
     client.predict(api_name="/islands_begin")
-    client.predict(*settings(handle_file(image), steps), api_name="/islands_prepare")
+    client.predict(*values, api_name="/islands_prepare")
     job = client.submit(api_name="/islands_stream")
     arrivals, statuses = [], []
     for out in job:

@@ -43,6 +43,11 @@ class Panel:
         """Every component the panel sets."""
         raise NotImplementedError
 
+    @property
+    def frame_outputs(self) -> list[gr.Component]:
+        """The components `render` sets (default: all of them); the live stream lists only these."""
+        return self.outputs
+
     def wire(self, tab: IslandsTab) -> None:
         """The panel's own events (after every panel is built)."""
 

@@ -18,6 +18,10 @@ class ExportPanel(Panel):
                                  visible=False)
 
     @property
+    def frame_outputs(self) -> list[gr.Component]:
+        return []  # a run's frames leave it as it is
+
+    @property
     def outputs(self) -> list[gr.Component]:
         return [self.files]
 

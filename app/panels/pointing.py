@@ -33,6 +33,10 @@ class PointingPanel(Panel):
                                lines=1)
 
     @property
+    def frame_outputs(self) -> list[gr.Component]:
+        return []  # a run's frames leave it as it is
+
+    @property
     def outputs(self) -> list[gr.Component]:
         return [self.agreement_apm, self.agreement_teacher, self.column]
 

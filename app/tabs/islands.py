@@ -188,7 +188,12 @@ class IslandsTab(Tab):
 
     @property
     def frame_outputs(self) -> list[gr.Component]:
-        """What a frame sets (the live stream, the timeline, a one-pass decoding): the status and every panel."""
+        """What a frame sets (the live stream, the timeline): the status and what the panels draw of a frame."""
+        return [self.status, *(c for panel in self.panels for c in panel.frame_outputs)]
+
+    @property
+    def run_outputs(self) -> list[gr.Component]:
+        """What a new run (or a one-pass decoding) sets: the status and every panel, reset then drawn."""
         return [self.status, *self.panel_outputs]
 
     @property
@@ -218,7 +223,7 @@ class IslandsTab(Tab):
 
         # Run: stop what runs here now (unqueued), then prepare, then stream; a new Run always starts a new run
         run = self.run_btn.click(self.begin, None, [self.status], queue=False, trigger_mode="multiple", **private("begin"))
-        run = run.then(c.handler(self.prepare_values), c.inputs(), self.frame_outputs, preprocess=False, concurrency_limit=2,
+        run = run.then(c.handler(self.prepare_values), c.inputs(), self.run_outputs, preprocess=False, concurrency_limit=2,
                        concurrency_id="prepare", show_progress="hidden", trigger_mode="multiple", **private("prepare"))
         run.then(self.stream, None, self.frame_outputs, concurrency_limit=LIMITS.max_concurrent_runs,
                  concurrency_id="train", show_progress="hidden", trigger_mode="multiple", **private("stream"))
@@ -233,7 +238,7 @@ class IslandsTab(Tab):
 
         # a trained APM: its islands of the image at once (one forward pass), no training
         trained_inputs = c.inputs(("image", "checkpoint", "projection", "comparable"))
-        trained_outputs = list(dict.fromkeys([*self.frame_outputs, c["teacher"], c["layer"]]))
+        trained_outputs = list(dict.fromkeys([*self.run_outputs, c["teacher"], c["layer"]]))
         for name in ("checkpoint", "image"):
             c[name].change(self.on_trained, trained_inputs, trained_outputs, preprocess=False, concurrency_limit=2,
                            concurrency_id="levels", show_progress="minimal", trigger_mode="always_last",
