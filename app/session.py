@@ -13,14 +13,14 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from apm.content import ContentMetrics, ContentReference
-from apm.islands import IslandMetrics, Projection
+from apm.islands import IslandMetrics, Projection, project
 from apm.live import LiveRun
 from apm.recipes import Experiment
 
@@ -121,18 +121,23 @@ class IslandsState:
         self.run, self.shown, self.stale = record, -1, False
         self.reprojected.clear()
 
+    def frame_in_view(self, index: int) -> Frame:
+        """A recorded frame as the page's current view draws it: projected again (once) after a change of view."""
+        record, view = self.run, self.view
+        frame = record.frames[index]
+        if not self.stale or view is None:
+            return frame
+        if index not in self.reprojected:
+            align = record.teacher_projection if view.comparable else None
+            self.reprojected[index] = project(frame.features.astype(np.float32), view.config, align_to=align)
+        return replace(frame, projection=self.reprojected[index])
+
     def shown_frame(self) -> Frame | None:
         """The frame the page shows, in the current view (None before any frame)."""
         record = self.run
         if record is None or not record.frames:
             return None
-        index = self.shown if 0 <= self.shown < len(record.frames) else len(record.frames) - 1
-        frame = record.frames[index]
-        if index in self.reprojected:
-            from dataclasses import replace
-
-            frame = replace(frame, projection=self.reprojected[index])
-        return frame
+        return self.frame_in_view(self.shown if 0 <= self.shown < len(record.frames) else len(record.frames) - 1)
 
 
 class Session:

@@ -224,6 +224,7 @@ class Tab:
     failing handler is reported (`guarded`)."""
 
     key = ""  # private endpoints are named '<key>_<event>': 'islands_prepare', 'walk_train', ...
+    starting = "starting: reading the images and the teacher…"  # the status a Run shows at once
     status: gr.HTML
 
     def private(self, name: str) -> dict:
@@ -233,7 +234,7 @@ class Tab:
     def begin(self, request: gr.Request = None) -> dict:
         """A Run's first, unqueued step: the run going on in this session ends now."""
         session_for(request).new_run()
-        return {self.status: status_html("starting: reading the images and the teacher…", "running")}
+        return {self.status: status_html(self.starting, "running")}
 
     def stop(self, request: gr.Request = None) -> None:
         session_for(request).stop()

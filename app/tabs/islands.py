@@ -29,6 +29,7 @@ from ..panels import Panel, RenderContext, default_panels
 from ..session import Frame, RunRecord
 from ..widgets import (
     LIMITS,
+    PRESET_CHOICES,
     PROJECTION_CHOICES,
     RECIPE_CHOICES,
     TEACHER_CHOICES,
@@ -48,6 +49,7 @@ from ..widgets import (
     status_html,
     toast,
     upload_source,
+    user_message,
     whole,
 )
 
@@ -101,8 +103,6 @@ def recipe_markdown(name: str) -> str:
 
 def expected_markdown(exp: Experiment) -> str:
     """The expected CPU time of a run, said before it starts."""
-    from ..widgets import user_message
-
     try:
         seconds = estimate_seconds(exp)
     except APMError as exc:
@@ -123,6 +123,7 @@ class IslandsTab(Tab):
     """The controls by name, the panels in order; handlers return {component: value} dicts."""
 
     key = "islands"
+    starting = "starting: reading the image and the teacher…"
 
     def __init__(self, panels: list[Panel] | None = None):
         self.controls = Controls()
@@ -279,8 +280,6 @@ class IslandsTab(Tab):
 
     def on_preset(self, preset: str) -> dict:
         """Picking a preset puts its learning rate in the box: a run uses exactly what the page shows."""
-        from ..widgets import PRESET_CHOICES
-
         return {self.controls["lr"]: experiment(preset=choice(preset, PRESET_CHOICES, "preset")).effective_lr}
 
     def on_settings(self, *values) -> dict:
@@ -305,10 +304,6 @@ class IslandsTab(Tab):
         return {self.controls["image"]: paths[selected_index(evt)][0]}
 
     # running
-
-    def begin(self, request: gr.Request = None) -> dict:
-        session_for(request).new_run()
-        return {self.status: status_html("starting: reading the image and the teacher…", "running")}
 
     def prepare(self, *values: Any, request: gr.Request = None) -> dict:
         """`prepare_values` with the controls' values in the registry's order (tests, scripts)."""
@@ -406,20 +401,8 @@ class IslandsTab(Tab):
             return {self.status: status_html("nothing recorded yet: press Run")}
         index, _ = record.frame_at_step(step)
         state.shown = index
-        frame = self._in_view(state, index)
+        frame = state.frame_in_view(index)
         return self.render(record, frame, live=False, slow=True, lead="showing", kind="info", shown=True)
-
-    @staticmethod
-    def _in_view(state, index: int) -> Frame:
-        """A recorded frame as the page's current view draws it: projected again (once) after a change of view."""
-        record, view = state.run, state.view
-        frame = record.frames[index]
-        if not state.stale or view is None:
-            return frame
-        if index not in state.reprojected:
-            align = record.teacher_projection if view.comparable else None
-            state.reprojected[index] = project(frame.features.astype(np.float32), view.config, align_to=align)
-        return replace(frame, projection=state.reprojected[index])
 
     @guarded("a new islands view")
     def reproject(self, projection, perplexity, metric, tsne_init, comparable, step, request: gr.Request = None) -> dict:
@@ -450,7 +433,7 @@ class IslandsTab(Tab):
         state.stale = True
         index = state.shown if 0 <= state.shown < len(record.frames) else record.frame_at_step(step)[0]
         state.shown = index
-        frame = self._in_view(state, index)
+        frame = state.frame_in_view(index)
         out[islands.scatter] = plots.islands_scatter(frame.projection, frame.step)
         out[islands.islands_image] = plots.grid_image(frame.projection.image)
         out[self.status] = status_html(engine.status_text(
@@ -541,8 +524,6 @@ class IslandsTab(Tab):
                     raise InputError(f"the link names an example that is not here: {params['example']!r}")
                 out[self.controls["image"]] = str(found[0])
         except APMError as exc:
-            from ..widgets import user_message
-
             return {self.status: status_html(f"this link could not be opened: {user_message(exc)}", "error")}
         out[self.status] = status_html("Opened a shared link: its settings are set; press Run.")
         return out
