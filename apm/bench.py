@@ -1,7 +1,8 @@
 """`python -m apm.bench`: speed figures on this machine, one `name value` line each.
 
     python -m apm.bench                 # everything (a few minutes at most on any x86 CPU)
-    python -m apm.bench --only training # one section: training, quality, islands
+    python -m apm.bench --only training # one section: training, quality, islands, experiments, teachers,
+                                        # asynchronous
 
 `bf16_native 1` when the CPU has native bf16 matmul (AVX512-BF16 or AMX); only then is anything timed or
 trained in bf16 (emulated bf16 on an AVX2 CPU is far slower than fp32 and would take minutes per matmul).
@@ -210,12 +211,84 @@ def teacher_figures(emit: Emit) -> None:
     emit("imgfocus_vs_official_load_ratio", imgfocus / official)
 
 
+def asynchronous_figures(emit: Emit) -> None:
+    """Asynchronous decoding against the teacher (time, peak memory and FLOPs are measured as `apm.cost` says).
+
+    Untrained models: time, memory and FLOPs do not depend on the weights. The APM decodes n locations of its grid
+    (a random draw) in chunks of c (`apm_{preset}_decode_ms_n{n}_c{c}`, `..._peak_mb_...`) for the `cpu` preset's
+    16 x 16 grid and the `paper` preset's 32 x 32 grid; `..._peak_growth` is the peak at the whole grid over the
+    peak at 16 locations, both in chunks of 16 (1: memory follows the chunk, not the locations). The official
+    flop analysis's sweep (512 locations, chunks of 4 to 512) is `apm_paper_n512_c{c}_*`. The teacher is DINOv2
+    ViT-S/14's architecture at side x side patches, with torch's fused attention (as timm runs it) and with the
+    attention matrix formed (`teacher_explicit_*`). `order_max_diff_*`: the largest difference (fp32, the APM's
+    units) between one full pass and decoding in row and random order at several chunk sizes. The table (the
+    paper's Table 4 in kind) is one 448 px image, the whole 32 x 32 grid, for the paper APM and two teachers.
+    """
+    from .asynchronous import Decoder, order_difference
+    from .cost import apm_costs, cost_table, count_flops, memory_crossover, teacher_architecture, teacher_costs
+    from .model import APM, MODEL_PRESETS
+
+    torch.manual_seed(0)
+    models = {preset: APM(MODEL_PRESETS[preset]).eval() for preset in ("cpu", "paper")}
+    for preset, chunks in (("cpu", (1, 7, 64, None)), ("paper", (16, 128, None))):
+        apm = models[preset]
+        pixels = torch.rand(1, 3, *apm.config.image_size)
+        emit(f"order_max_diff_{preset}", order_difference(Decoder.from_pixels(apm, pixels), chunks=chunks), "fp32")
+        run = lambda apm=apm: apm.decode(torch.zeros(1, apm.config.column_dim), chunk_size=64)  # noqa: E731
+        emit(f"flops_counter_vs_analytic_{preset}", count_flops(run) / apm.decode_flops())
+
+    apm_points = {}
+    for preset, ns, chunks in (("cpu", (16, 64, 256), (4, 16, 64, 256)), ("paper", (16, 64, 256, 1024), (16, 64, 1024))):
+        apm = models[preset]
+        points = apm_costs(apm, ns, chunks, repeats=3 if preset == "cpu" else 1)
+        apm_points[preset] = points
+        for p in points:
+            emit(f"apm_{preset}_decode_ms_n{p.n}_c{p.chunk}", p.seconds * 1e3, "fp32")
+            emit(f"apm_{preset}_peak_mb_n{p.n}_c{p.chunk}", p.peak_mb)
+        peak = {(p.n, p.chunk): p.peak_bytes for p in points}
+        emit(f"apm_{preset}_peak_growth", peak[(max(ns), 16)] / peak[(16, 16)])
+    for p in apm_costs(models["paper"], (512,), (4, 16, 64, 256, 512), repeats=1):
+        emit(f"apm_paper_n512_c{p.chunk}_ms", p.seconds * 1e3, "fp32")
+        emit(f"apm_paper_n512_c{p.chunk}_peak_mb", p.peak_mb)
+        emit(f"apm_paper_n512_c{p.chunk}_gflops", p.flops / 1e9)
+
+    module, patch, label = teacher_architecture("dinov2")
+    grids = [(side, side) for side in (4, 8, 16, 32)]
+    fused = teacher_costs(module, patch, grids, repeats=3)
+    explicit = teacher_costs(module, patch, grids, repeats=1, explicit_attention=True)
+    for p, q in zip(fused, explicit):
+        emit(f"teacher_ms_n{p.n}", p.seconds * 1e3, "fp32")
+        emit(f"teacher_peak_mb_n{p.n}", p.peak_mb)
+        emit(f"teacher_explicit_peak_mb_n{q.n}", q.peak_mb)
+        emit(f"teacher_gflops_n{p.n}", p.flops / 1e9)
+    for chunk in (16, 64):
+        for name, teacher in (("teacher", fused), ("teacher_explicit", explicit)):
+            crossing = memory_crossover(apm_points["paper"], teacher, chunk)
+            emit(f"{name}_passes_apm_paper_c{chunk}_at_n", crossing if crossing is not None else float("nan"))
+
+    rows = cost_table(models["paper"], module, patch, label, chunk=64, repeats=1)
+    del module
+    large, large_patch, large_label = teacher_architecture("dinov2:paper")
+    rows += cost_table(models["paper"], large, large_patch, large_label, chunk=64, repeats=1)[-1:]
+    print("# one 448 px image, the whole 32 x 32 grid:", file=sys.stderr)
+    print(f"# {'model':<48} {'params (M)':>10} {'GFLOPs':>8} {'peak MB':>8} {'ms':>8}", file=sys.stderr)
+    for k, row in enumerate(rows):
+        print(f"# {row.model:<48} {row.params / 1e6:>10.1f} {row.gflops:>8.1f} {row.peak_mb:>8.1f} "
+              f"{row.seconds * 1e3:>8.0f}", file=sys.stderr)
+        key = ("apm_paper_chunked", "apm_paper_whole", "teacher_vit_s", "teacher_vit_l")[k]
+        emit(f"table_{key}_params_m", row.params / 1e6)
+        emit(f"table_{key}_gflops", row.gflops)
+        emit(f"table_{key}_peak_mb", row.peak_mb)
+        emit(f"table_{key}_ms", row.seconds * 1e3, "fp32")
+
+
 SECTIONS: dict[str, Callable[[Emit], None]] = {
     "training": training_figures,
     "quality": quality_figures,
     "islands": islands_figures,
     "experiments": experiment_figures,
     "teachers": teacher_figures,
+    "asynchronous": asynchronous_figures,
 }
 
 

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
     _add_projection_args(p)
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda (with --checkpoint)")
+    g = p.add_argument_group("asynchronous decoding (with --checkpoint)")
+    g.add_argument("--chunk", type=int, default=None, help="decode this many locations at a time (default: all at once)")
+    g.add_argument("--order", choices=["row", "random"], default=None,
+                   help="the order locations are decoded in: row by row, or random (seeded by --order-seed)")
+    g.add_argument("--order-seed", type=int, default=0, help="seed of the random order (default: 0)")
     p.add_argument("--out", required=True, help="output folder (islands.png, islands.npz)")
     p.set_defaults(func=cmd_islands)
 
@@ -366,6 +371,8 @@ def cmd_islands(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.checkpoint is not None:
         return _islands_from_checkpoint(args, image, out)
+    if args.chunk is not None or args.order is not None:
+        raise InputError("--chunk and --order decode a trained APM's locations: use them with --checkpoint DIR")
     exp = _experiment(args, teacher=_variant_id(args), trains=False,
                       projection=args.projection or "paper")
     teacher = _teacher(args, teacher_id=exp.teacher, random_weights=exp.random_weights)
@@ -409,7 +416,11 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     read_config(folder)  # one clear line for a folder that is not a checkpoint, before any work
     device = resolve_device(args.device or "auto")
     apm = APM.from_pretrained(folder, device=device)
-    features, rgb = predict(apm, image, device)  # (h, w, d), (h, w, 3)
+    decoding = None
+    if args.chunk is None and args.order is None:
+        features, rgb = predict(apm, image, device)  # (h, w, d), (h, w, 3): one forward pass
+    else:
+        features, rgb, decoding = _decode_asynchronously(apm, image, args.order or "row", args.chunk, args.order_seed)
     exp = experiment("custom", projection=args.projection or "paper", perplexity=args.perplexity,
                      metric=args.metric, tsne_init=args.tsne_init)
     config = exp.projection_config()
@@ -437,15 +448,36 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
         "projection": asdict(config),
         "grid_shape": [h, w],
         "content": content.to_dict() if content is not None else None,
+        "decoding": decoding,
         "environment": _environment(),
     })
+    how = "one forward pass" if decoding is None else f"{decoding['order']} order, chunks of {decoding['chunk']}"
     print(f"wrote {out / 'islands.png'}, {out / 'islands.npz'}, {out / 'rgb.png'} and {out / 'features.npy'}: "
-          f"{h} x {w} islands of the APM in {folder} (one forward pass)")
+          f"{h} x {w} islands of the APM in {folder} ({how})")
+    if decoding is not None:
+        print(f"decoded {decoding['locations']} locations in {decoding['chunks']} chunks in "
+              f"{decoding['seconds'] * 1e3:.1f} ms: largest difference from one full pass {decoding['max_diff']:.2g} "
+              f"(fp32, the APM's units)")
     if content is None:
         print(f"content: not measured: {why}")
     else:
         _print_content(content)
     return 0
+
+
+def _decode_asynchronously(apm, image, order: str, chunk: int | None, seed: int):
+    """Every location decoded in `order`, `chunk` at a time: the grid, its colours and what the decoding took."""
+    from .asynchronous import Decoder, check_chunk, decode_order, largest_difference
+
+    decoder = Decoder.from_image(apm, image)
+    locations = decode_order(decoder.grid, order, seed)
+    size = check_chunk(chunk, len(locations))
+    partial = decoder.fill(locations, size)
+    full, _ = decoder.full()
+    record = {"order": order, "chunk": size, "seed": seed if order == "random" else None,
+              "locations": int(partial.mask.sum()), "chunks": partial.chunks, "seconds": partial.seconds,
+              "max_diff": largest_difference(partial, full, decoder.scale)}
+    return partial.features, partial.rgb, record
 
 
 def cmd_convert_official(args: argparse.Namespace) -> int:

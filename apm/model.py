@@ -15,6 +15,7 @@ over the concatenated query (`first_layer()` gives that weight), without materia
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -308,18 +309,27 @@ class APM(nn.Module):
 
     # decoding
 
-    def query(self, column: torch.Tensor, locations: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def column_parts(self, column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The column's halves of the two first layers, (B, H0) and (B, R0): once per image, whatever the chunks."""
+        return self.mlp_in_column(column), self.rgb_in_column(column)
+
+    def query(
+        self,
+        column: torch.Tensor,
+        locations: torch.Tensor | None = None,
+        parts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode features (B, n, d) and colours (B, n, 3) at n locations ((n, 2) (i, j); None: all, row-major).
 
         Each location's result depends only on its own query, never on which others share the call.
+        `parts`: `column_parts(column)`, when the caller decodes the same column in several calls.
         """
         pos = self.pos if locations is None else self.pos[self.location_index(locations)]  # (n, pos_dim)
-        col_part = self.mlp_in_column(column)  # (B, H0): once per image, not per location
+        col_part, rgb_col = self.column_parts(column) if parts is None else parts  # (B, H0), (B, R0)
         pos_part = self.mlp_in_position(pos)  # (n, H0)
         hidden = self.mlp(self.act(col_part[:, None, :] + pos_part[None, :, :]))  # (B, n, H_last)
         features = self.feature_head(hidden)  # (B, n, d)
 
-        rgb_col = self.rgb_in_column(column)  # (B, R0)
         rgb_pos = self.rgb_in_position(pos)  # (n, R0)
         rgb_hidden = self.rgb_in_feature(features) + rgb_col[:, None, :] + rgb_pos[None, :, :]  # (B, n, R0)
         rgb = self.rgb_mlp(self.act(rgb_hidden))  # (B, n, 3)
@@ -348,13 +358,46 @@ class APM(nn.Module):
     def decode(
         self, column: torch.Tensor, locations: torch.Tensor | None = None, chunk_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference in chunks of `chunk_size` locations: memory is bounded by the chunk, not the grid."""
+        """Inference in chunks of `chunk_size` locations: memory is bounded by the chunk, not the grid.
+
+        Features (B, n, d) and colours (B, n, 3) at `locations` ((n, 2) (i, j); None: all, row-major), in that order.
+        """
+        parts = list(self.decode_chunks(column, locations, chunk_size))
+        return torch.cat([f for _, f, _ in parts], dim=1), torch.cat([c for _, _, c in parts], dim=1)
+
+    @torch.no_grad()
+    def decode_chunks(
+        self, column: torch.Tensor, locations: torch.Tensor | None = None, chunk_size: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Asynchronous decoding: (locations (k, 2), features (B, k, d), colours (B, k, 3)) per chunk of `locations`.
+
+        Only the chunk's activations are alive at a time (a consumer that drops each chunk keeps memory bounded
+        by the chunk); the column's halves of the first layers are computed once for all chunks.
+        """
         if locations is None:
             locations = grid_locations(*self.config.grid).to(column.device)
+        self.location_index(locations)  # every location checked before any work
         n = locations.shape[0]
         step = n if not chunk_size else max(1, int(chunk_size))
-        parts = [self.query(column, locations[k : k + step]) for k in range(0, n, step)]
-        return torch.cat([f for f, _ in parts], dim=1), torch.cat([c for _, c in parts], dim=1)
+        parts = self.column_parts(column)
+        for k in range(0, max(n, 1), step):
+            chunk = locations[k : k + step]
+            yield (chunk, *self.query(column, chunk, parts))
+
+    def decode_flops(self, n: int | None = None, batch: int = 1) -> int:
+        """FLOPs (2 per multiply-add) of decoding n locations (None: the grid) as `decode_chunks` does: the column's
+        halves of the first layers once, then every location's matmuls. Element-wise work is not counted."""
+        cfg = self.config
+        n = cfg.grid[0] * cfg.grid[1] if n is None else int(n)
+        widths = [cfg.query_dim, *cfg.hidden]
+        rgb_widths = [*cfg.rgb_hidden, 3]
+        per_location = cfg.pos_dim * (widths[1] + cfg.rgb_hidden[0])  # the positional halves of the first layers
+        per_location += sum(a * b for a, b in zip(widths[1:-1], widths[2:]))  # shared MLP after layer 0
+        per_location += widths[-1] * cfg.feature_dim  # feature head
+        per_location += cfg.feature_dim * cfg.rgb_hidden[0]  # feature half of the RGB head's first layer
+        per_location += sum(a * b for a, b in zip(rgb_widths[:-1], rgb_widths[1:]))
+        per_image = cfg.column_dim * (widths[1] + cfg.rgb_hidden[0])  # the column halves
+        return 2 * batch * (n * per_location + per_image)
 
     # introspection
 

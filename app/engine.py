@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from apm.asynchronous import Decoder
 from apm.content import ContentReference, resize_grid
-from apm.errors import InputError
+from apm.errors import APMError, InputError
 from apm.images import downsample_rgb
 from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
 from apm.islands import Projection, island_metrics, project
@@ -324,6 +325,7 @@ def one_pass_run(run_id: int, exp: Experiment, picture: Image.Image, image_name:
         record.teacher_projection = project(teacher_grid, view.config)
     with torch.no_grad():
         column = apm.trigger_column(image_to_tensor(picture, apm.config.image_size)[None])[0].numpy()
+    record.decoder = Decoder.from_image(apm, picture)
     state = apm.folded_state()
     record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
     record.positional = apm.positional_code()
@@ -333,6 +335,24 @@ def one_pass_run(run_id: int, exp: Experiment, picture: Image.Image, image_name:
                     conv_filter=apm.conv_filter(), done=True)
     record.add_frame(make_frame(snap, record, view, final=True))
     return record, time.perf_counter() - started
+
+
+def decoder_for(record: RunRecord | None) -> Decoder:
+    """The run's APM and its image's trigger column, to decode locations with (the APM as the run left it)."""
+    if record is None or not record.frames:
+        raise APMError("press Run first (or pick a trained APM): then decode its locations")
+    if record.decoder is not None:
+        return record.decoder
+    live = record.live
+    if live is None or not record.experiment.trains:
+        raise APMError("this run has no APM to decode (the teacher's own islands)")
+    if live.alive:
+        raise APMError("wait for the run to finish (or stop it): its APM is still changing")
+    if live.stop_reason == "failed":
+        raise APMError("the run failed: there is no trained APM to decode")
+    run = live.run
+    record.decoder = Decoder.from_pixels(run.model, run.images[:1], scale=run.grid_scale)
+    return record.decoder
 
 
 # exports

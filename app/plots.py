@@ -294,3 +294,39 @@ def column_figure(levels: list[str], values: list[float] | None, title: str = "I
               "yaxis": {"range": [-1, 1.05], "title": {"text": "agreement"}}, "xaxis": {"type": "category"},
               "margin": {"l": 50, "r": 10, "t": 50, "b": 40}, "showlegend": False}
     return figure(data, layout)
+
+
+COST_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf")
+
+
+def cost_figure(apm_points: list, chunks: list[int], teacher_points: list, teacher_label: str) -> PlotData:
+    """Time and peak memory against the number of locations (APM, one line per chunk size asked for) or patches
+    (the teacher), both log-log, side by side; the points are `apm.cost.CostPoint`s (a chunk above n runs as n)."""
+    data = []
+    full = max((p.n for p in apm_points), default=0)
+    for k, chunk in enumerate(sorted(chunks)):
+        points = sorted((p for p in apm_points if p.chunk == chunk or (p.chunk == p.n and p.n < chunk)),
+                        key=lambda p: p.n)
+        name = "APM, all at once" if chunk == full else f"APM, chunks of {chunk}"
+        style = {"color": COST_COLOURS[k % len(COST_COLOURS)]}
+        for axis, key in (("", "seconds"), ("2", "peak_mb")):
+            data.append({"type": "scatter", "mode": "lines+markers", "x": [p.n for p in points],
+                         "y": [p.seconds * 1e3 if key == "seconds" else p.peak_mb for p in points], "name": name,
+                         "legendgroup": name, "showlegend": axis == "", "line": style,
+                         "xaxis": f"x{axis}", "yaxis": f"y{axis}"})
+    teacher = sorted(teacher_points, key=lambda p: p.n)
+    for axis, key in (("", "seconds"), ("2", "peak_mb")):
+        data.append({"type": "scatter", "mode": "lines+markers", "x": [p.n for p in teacher],
+                     "y": [p.seconds * 1e3 if key == "seconds" else p.peak_mb for p in teacher],
+                     "name": f"teacher: {teacher_label}", "legendgroup": "teacher", "showlegend": axis == "",
+                     "line": {"color": "#d62728", "dash": "dash"}, "xaxis": f"x{axis}", "yaxis": f"y{axis}"})
+    log_axis = {"type": "log", "automargin": True}
+    layout = {
+        "height": 420, "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "title": _title("Cost against the teacher"),
+        "legend": {"orientation": "h", "x": 0, "y": -0.28, "yanchor": "top"},
+        "xaxis": {**log_axis, "domain": [0, 0.45], "title": {"text": "locations / patches"}},
+        "yaxis": {**log_axis, "title": {"text": "time (ms)"}},
+        "xaxis2": {**log_axis, "domain": [0.55, 1], "anchor": "y2", "title": {"text": "locations / patches"}},
+        "yaxis2": {**log_axis, "anchor": "x2", "title": {"text": "peak memory (MB)"}},
+    }
+    return figure(data, layout)

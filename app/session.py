@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from apm.asynchronous import Decoder
 from apm.content import ContentMetrics, ContentReference
 from apm.islands import IslandMetrics, Projection, project
 from apm.live import LiveRun
@@ -71,6 +72,7 @@ class RunRecord:
     positional: np.ndarray | None = None  # (h*w, pos_dim) the positional half of the unfolded queries
     content_ref: ContentReference | None = None  # the teacher's grid and the location code, prepared for the frames
     live: LiveRun | None = None
+    decoder: Decoder | None = None  # a trained APM's one pass: the APM and the image's trigger column
     frames: list[Frame] = field(default_factory=list)
     status: str = "running"  # running | done | stopped | failed
     note: str = ""  # why it ended, when that needs saying
@@ -115,10 +117,11 @@ class IslandsState:
     shown: int = -1  # index of the frame the page shows (the timeline's; -1: the newest)
     reprojected: dict[int, Projection] = field(default_factory=dict)  # frames drawn again in a newer view, by index
     stale: bool = False  # the view changed after the run's frames were drawn: show them drawn again
+    decoding: Any = None  # the asynchronous panel's partly decoded grid of this run
 
     def show(self, record: RunRecord) -> None:
         """A new run on the page: nothing of the old one's view stays."""
-        self.run, self.shown, self.stale = record, -1, False
+        self.run, self.shown, self.stale, self.decoding = record, -1, False, None
         self.reprojected.clear()
 
     def frame_in_view(self, index: int) -> Frame:

@@ -58,6 +58,12 @@ CSS = """
 .apm-content-figures { font-variant-numeric: tabular-nums; color: var(--body-text-color-subdued); }
 .apm-content-figures b { color: var(--body-text-color); }
 .apm-content-sentence { margin-top: 2px; }
+/* asynchronous perception: the grid filling in, and the cost table */
+#async-grid img { image-rendering: pixelated; }
+.apm-table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; margin-top: 6px; }
+.apm-table caption { text-align: left; color: var(--body-text-color-subdued); padding-bottom: 4px; }
+.apm-table th, .apm-table td { padding: 2px 10px; border-bottom: 1px solid var(--border-color-primary); text-align: right; }
+.apm-table th:first-child, .apm-table td:first-child { text-align: left; }
 /* the examples fit their column: three thumbnails that share its width, captions on up to two lines */
 #examples .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
 #examples .gallery-item, #examples .thumbnail-item { width: 100% !important; min-width: 0 !important; }

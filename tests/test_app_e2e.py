@@ -375,3 +375,55 @@ def test_the_control_runs_the_same_settings_on_a_blank_image(browser, server):
     shot(page, ARTIFACTS, "13-control", full_page=False)
     no_page_errors(page)
     page.close()
+
+
+def test_asynchronous_perception_decodes_only_the_rectangle(browser, server):
+    """After a run: a rectangle from two clicks on the panel's grid decodes only its locations (read back from the
+    served picture), then the cost against the teacher is measured and plotted."""
+    import io
+    import urllib.request
+
+    import numpy as np
+    from PIL import Image
+
+    from app.panels.asynchronous import EMPTY
+    from app.pictures import to_uint8
+
+    page = open_app(browser, server)
+    click_example(page, EXAMPLE_FACE)
+    wait_text(page, "status", "face.png: 448 x 448 px, ready")
+    open_accordion(page, "Training")
+    set_number(page, "steps", 20)
+    page.click("#run")
+    wait_text(page, "status", r"^done", 120_000)
+    open_accordion(page, "Asynchronous perception: decode any locations, in any order")
+    page.locator("#async-order").get_by_text("a rectangle: two clicks").click()
+    wait_text(page, "async-readout", "click two opposite corners", 30_000)
+    image = page.locator("#async-grid img")
+    image.scroll_into_view_if_needed()
+    box = image.bounding_box()
+    for i, j in ((2, 3), (7, 1)):  # cell centres of a 16 x 16 grid
+        page.mouse.click(box["x"] + box["width"] * (j + 0.5) / 16, box["y"] + box["height"] * (i + 0.5) / 16)
+        if (i, j) == (2, 3):
+            wait_text(page, "async-readout", r"corner \(2, 3\)", 30_000)
+    text = wait_text(page, "async-readout", r"^The rectangle \(2, 3\) to \(7, 1\)", 30_000)
+    assert "18 of 256 locations decoded" in text and "the same grid as one full pass" in text, text
+    src = page.evaluate("() => document.querySelector('#async-grid img').src")
+    with urllib.request.urlopen(src, timeout=30) as response:
+        picture = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+    k = picture.shape[0] // 16
+    centres = picture[k // 2 :: k, k // 2 :: k][:16, :16]
+    decoded = ~np.all(centres == to_uint8(EMPTY[None, None])[0, 0], axis=-1)
+    expected = np.zeros((16, 16), bool)
+    expected[2:8, 1:4] = True
+    assert np.array_equal(decoded, expected), np.argwhere(decoded).tolist()
+    shot(page, ARTIFACTS, "14-asynchronous-rectangle", full_page=False)
+    page.click("#async-measure")
+    wait_text(page, "async-readout", "memory follows the chunk", 120_000)
+    page.wait_for_function("() => { const el = document.querySelector('#async-cost .js-plotly-plot');"
+                           " return el && el.data && el.data.length === 8; }", timeout=30_000)
+    assert "params (M)" in page.evaluate("() => document.querySelector('#async-table').innerText")
+    page.locator("#async-cost").scroll_into_view_if_needed()
+    shot(page, ARTIFACTS, "15-asynchronous-cost", full_page=False)
+    no_page_errors(page)
+    page.close()

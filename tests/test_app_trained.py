@@ -44,6 +44,12 @@ def test_one_pass_islands_with_no_training(shipped):
     session = STORE.peek(request.session_hash)
     frame = session.islands.run.frames[0]
     assert frame.step == 0 and frame.features.shape == (16, 16, 384) and frame.metrics.fidelity is not None
+
+    # the asynchronous panel decodes the trained APM itself, in the teacher's units, as the one pass did
+    decoded = [by_id(o) for o in tab.panel("asynchronous").on_decode("row", 50, "rgb", request=request)]
+    assert "256 of 256 locations decoded in 6 chunks" in plain(decoded[-1]["async-readout"])
+    partial = session.islands.decoding.partial
+    assert abs(partial.features - frame.features.astype(float)).max() <= 1e-2 * abs(frame.features).max()
     STORE.drop(request.session_hash)
 
 

@@ -249,6 +249,7 @@ def test_islands_paper_view_is_the_default(files):
     (["--teacher", "dinov3"], "unknown teacher"),
     (["--teacher", "dinov2", "--perplexity", "500"], "perplexity must be between 2 and 100"),
     (["--checkpoint", "{dir}/no-such-run"], "checkpoint"),
+    (["--teacher", "dinov2", "--chunk", "8"], "use them with --checkpoint"),
 ])
 def test_islands_errors_are_one_line(files, argv, message, capsys):
     argv = [a.format(dir=files["dir"]) for a in argv]
@@ -256,6 +257,32 @@ def test_islands_errors_are_one_line(files, argv, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (files["dir"] / "e" / "islands.png").exists()
+
+
+def test_islands_from_a_checkpoint_in_random_order_and_chunks(files, capsys):
+    """--chunk K --order random decodes that way and writes the same files, with the same grid, as one pass."""
+    import torch
+
+    from apm.model import APM, ModelConfig
+
+    torch.manual_seed(0)
+    apm = APM(ModelConfig(grid=(8, 8), patch_size=8, pos_dim=32, hidden=(64, 48), feature_dim=24, rgb_hidden=(16,)))
+    apm.meta = {"feature_scale": 2.0}
+    folder = apm.save_pretrained(files["dir"] / "ckpt")
+    args = ["islands", str(files["image"]), "--checkpoint", str(folder), "--projection", "pca"]
+    assert main([*args, "--out", str(files["dir"] / "once")]) == 0
+    assert "one forward pass" in capsys.readouterr().out
+    assert main([*args, "--chunk", "7", "--order", "random", "--out", str(files["dir"] / "async")]) == 0
+    printed = capsys.readouterr().out
+    assert "random order, chunks of 7" in printed and "decoded 64 locations in 10 chunks" in printed
+    once, shuffled = (np.load(files["dir"] / name / "features.npy") for name in ("once", "async"))
+    assert shuffled.shape == once.shape == (8, 8, 24) and np.abs(shuffled - once).max() <= 2e-5
+    for name in ("islands.png", "islands.npz", "rgb.png", "summary.json"):
+        assert (files["dir"] / "async" / name).is_file()
+    decoding = json.loads((files["dir"] / "async" / "summary.json").read_text())["decoding"]
+    assert decoding["order"] == "random" and decoding["chunk"] == 7 and decoding["chunks"] == 10
+    assert decoding["locations"] == 64 and decoding["max_diff"] <= 1e-5
+    assert json.loads((files["dir"] / "once" / "summary.json").read_text())["decoding"] is None
 
 
 def test_recipe_errors(files, capsys):

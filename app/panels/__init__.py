@@ -62,6 +62,7 @@ class Panel:
 
 def default_panels() -> list[Panel]:
     """The Islands tab's panels, top to bottom."""
+    from .asynchronous import AsynchronousPanel
     from .content import ContentPanel
     from .control import ControlPanel
     from .export import ExportPanel
@@ -75,4 +76,4 @@ def default_panels() -> list[Panel]:
     from .tree import TreePanel
 
     return [IslandsPanel(), ContentPanel(), ControlPanel(), LevelsPanel(), TimelinePanel(), PointingPanel(), TreePanel(), LossPanel(),
-            FidelityPanel(), FoldedPanel(), ExportPanel()]
+            FidelityPanel(), FoldedPanel(), AsynchronousPanel(), ExportPanel()]
