@@ -24,6 +24,7 @@ from .io import save_json, save_npz, save_png, write_atomic
 RECIPE_CHOICES = ("custom", "cls-ttt", "dense-distill", "trained-apm", "teacher-islands")
 LR_SCHEDULE_CHOICES = ("constant", "step")
 PROJECTION_CHOICES = ("paper", "paper1d", "tsne2d", "tsne3d", "pca")
+GRID_CHOICES = (16, 24, 32)
 
 log = logging.getLogger("apm")
 
@@ -72,6 +73,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                      help="pooling head of a global target: attention (LayerNorm + projection) or paper")
 
 
+def _add_grid_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", type=int, choices=GRID_CHOICES, default=None,
+                   help="locations a side; the teacher's input follows (14 px a location for DINOv2: 224, 336, "
+                        "448 px). Default: the teacher's own input size")
+
+
 def _add_projection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("islands view")
     g.add_argument("--projection", choices=list(PROJECTION_CHOICES), default=None,
@@ -99,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
     p.add_argument("--target-kind", choices=["dense", "global", "both"], default=None,
                    help="with a teacher: what to fit (default: the recipe's, dense for custom)")
+    _add_grid_arg(p)
     p.add_argument("--checkpoint", default=None,
                    help="start from a trained APM (folder, or hf:ORG/REPO): test-time training; its teacher and "
                         "layer are the default")
@@ -115,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="teacher block index from 0 (default: the last)")
     p.add_argument("--variant", default=None, help="teacher model id")
     p.add_argument("--random-weights", action="store_true", help="use an untrained teacher (no download)")
+    _add_grid_arg(p)
     _add_projection_args(p)
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda (with --checkpoint)")
     g = p.add_argument_group("asynchronous decoding (with --checkpoint)")
@@ -216,6 +225,7 @@ def _experiment(args: argparse.Namespace, **fixed):
         perplexity=getattr(args, "perplexity", None),
         metric=getattr(args, "metric", None),
         tsne_init=getattr(args, "tsne_init", None),
+        grid=getattr(args, "grid", None),
     )
     changes.update(fixed)
     return experiment(getattr(args, "recipe", None) or "custom", **changes)
@@ -226,12 +236,13 @@ def _train_config(args: argparse.Namespace):
 
 
 def _teacher(args: argparse.Namespace, teacher_id: str | None = None, random_weights: bool | None = None):
-    from .teachers import create_teacher
+    from .teachers import create_teacher, grid_options
 
     teacher_id = teacher_id or _variant_id(args)
     if random_weights is None:
         random_weights = args.random_weights or None
-    return create_teacher(teacher_id, layer=args.layer, random_weights=random_weights)
+    options = grid_options(teacher_id, getattr(args, "grid", None))
+    return create_teacher(teacher_id, layer=args.layer, random_weights=random_weights, **options)
 
 
 def _progress(total: int, desc: str):
@@ -305,6 +316,8 @@ def cmd_overfit(args: argparse.Namespace) -> int:
         from .teachers import load_feature_array
 
         array = load_feature_array(args.target)
+        if args.grid is not None and array.ndim == 3 and array.shape[:2] != (args.grid, args.grid):
+            raise InputError(f"--grid {args.grid}: the target array is a {array.shape[0]} x {array.shape[1]} grid")
         target = Target.from_array(array)
         compare = array if array.ndim == 3 else None
         target_info: dict = {"source": "file", "path": str(args.target)}
@@ -321,6 +334,7 @@ def cmd_overfit(args: argparse.Namespace) -> int:
         compare = output.grid  # the islands are compared with the teacher's grid, whatever the target
     config = exp.train_config(time_budget_s=args.time_budget, device=args.device or "auto")
     if trained is not None:
+        _check_grid(args, trained)
         if target.grid is None:
             raise InputError("test-time training from a checkpoint needs a dense target (--target-kind dense)")
         run = OverfitRun(image, target, config, init=trained, target_scale=trained.meta.get("feature_scale"))
@@ -416,6 +430,7 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     read_config(folder)  # one clear line for a folder that is not a checkpoint, before any work
     device = resolve_device(args.device or "auto")
     apm = APM.from_pretrained(folder, device=device)
+    _check_grid(args, apm)
     decoding = None
     if args.chunk is None and args.order is None:
         features, rgb = predict(apm, image, device)  # (h, w, d), (h, w, 3): one forward pass
@@ -463,6 +478,13 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     else:
         _print_content(content)
     return 0
+
+
+def _check_grid(args: argparse.Namespace, apm) -> None:
+    """--grid with a trained APM: its grid is fixed by its weights."""
+    h, w = apm.config.grid
+    if getattr(args, "grid", None) is not None and (args.grid, args.grid) != (h, w):
+        raise InputError(f"--grid {args.grid}: this checkpoint decodes a {h} x {w} grid (drop --grid)")
 
 
 def _decode_asynchronously(apm, image, order: str, chunk: int | None, seed: int):

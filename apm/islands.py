@@ -26,9 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 from openTSNE import TSNEEmbedding, affinity, initialization
 from openTSNE.nearest_neighbors import PrecomputedNeighbors
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.linalg import orthogonal_procrustes
 from scipy.sparse.csgraph import connected_components
-from sklearn.cluster import AgglomerativeClustering
+from scipy.spatial.distance import squareform
 from sklearn.decomposition import PCA
 from threadpoolctl import ThreadpoolController
 
@@ -578,13 +579,11 @@ def _clusters(y: np.ndarray, threshold: float) -> np.ndarray:
     n = len(y)
     if n < 2 or _is_constant(y):
         return np.zeros(n, dtype=np.int32)
-    dist = np.clip(1.0 - y @ y.T, 0.0, 2.0)  # (n, n) cosine distances
-    np.fill_diagonal(dist, 0.0)
-    dist = (dist + dist.T) / 2.0  # exactly symmetric despite float32 round-off
-    model = AgglomerativeClustering(
-        n_clusters=None, metric="precomputed", linkage="average", distance_threshold=threshold
-    )
-    return _canonical(model.fit(dist).labels_)
+    # the condensed cosine distances, read off the upper triangle (squareform takes i < j: symmetric by construction)
+    condensed = np.clip(squareform(1.0 - y @ y.T, checks=False).astype(np.float64), 0.0, 2.0)  # (n (n - 1) / 2,)
+    tree = linkage(condensed, method="average")
+    # merged while the mean distance between two clusters is below the threshold (strictly, as scikit-learn's)
+    return _canonical(fcluster(tree, t=np.nextafter(threshold, -np.inf), criterion="distance"))
 
 
 def _grid_edges(h: int, w: int, connectivity: int) -> tuple[np.ndarray, np.ndarray]:

@@ -126,6 +126,8 @@ _CHOICES = {
 }
 
 
+GRID_CHOICES = (16, 24, 32)  # grid sides the app, the CLI and the API offer (32 x 32: the paper's 448 px)
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # fast on 2 CPU cores: a 16 x 16 grid trains at > 60 steps/s and still forms islands
     "cpu": ModelConfig(),

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import InputError
 from .islands import PERPLEXITY_RANGE, PROJECTIONS, ProjectionConfig, projection_config
-from .model import MODEL_PRESETS, ModelConfig
+from .model import GRID_CHOICES, MODEL_PRESETS, ModelConfig
 from .train import TRAIN_PRESETS, TrainConfig
 
 TARGETS = ("dense", "global", "both")
@@ -39,6 +39,7 @@ class Experiment:
     teacher: str = "dinov2"  # teacher id ('dinov2', 'clip:l14', ...), or 'file' for your own features
     layer: int | None = None  # teacher block (GLOM level); None: the last
     target: str = "dense"  # dense: the feature grid; global: the CLS / image embedding only; both
+    grid: int | None = None  # locations a side, 16, 24 or 32 (the teacher's input follows); None: the teacher's own
     random_weights: bool | None = None  # untrained teacher; None: APM_RANDOM_WEIGHTS
     trains: bool = True  # False: the teacher's own islands, no APM
     preset: str = "cpu"  # model preset: cpu or paper
@@ -62,6 +63,8 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise InputError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}")
+        if self.grid is not None and self.grid not in GRID_CHOICES:
+            raise InputError(f"grid must be one of {', '.join(map(str, GRID_CHOICES))} locations a side, not {self.grid}")
         if self.target not in TARGETS:
             raise InputError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.preset not in MODEL_PRESETS:
@@ -78,6 +81,14 @@ class Experiment:
     @property
     def uses_teacher(self) -> bool:
         return self.teacher != FILE_TEACHER
+
+    def teacher_options(self) -> dict[str, Any]:
+        """What the teacher is built with for this grid ({}: its own input size); `InputError` where it cannot."""
+        if self.grid is None or not self.uses_teacher:
+            return {}
+        from .teachers import grid_options
+
+        return grid_options(self.teacher, self.grid)
 
     @property
     def effective_lr(self) -> float:
@@ -105,7 +116,8 @@ class Experiment:
 
     def model_config(self) -> ModelConfig:
         """The model preset with these settings' initialisation and pooling head (the grid follows the target)."""
-        return replace(MODEL_PRESETS[self.preset], init=self.init, global_head=self.global_head)
+        config = replace(MODEL_PRESETS[self.preset], init=self.init, global_head=self.global_head)
+        return replace(config, grid=(self.grid, self.grid)) if self.grid else config
 
     def projection_config(self) -> ProjectionConfig:
         return projection_config(self.projection, perplexity=self.perplexity, metric=self.metric, init=self.tsne_init)
@@ -206,9 +218,9 @@ def estimate_seconds(exp: Experiment, gflops: float | None = None) -> float:
 
     rate = gflops or measured_gflops()
     seconds = 0.0
-    grid, feature_dim, global_dim = MODEL_PRESETS[exp.preset].grid, MODEL_PRESETS[exp.preset].feature_dim, None
+    grid, feature_dim, global_dim = exp.model_config().grid, MODEL_PRESETS[exp.preset].feature_dim, None
     if exp.uses_teacher:
-        spec = teacher_spec(exp.teacher)
+        spec = teacher_spec(exp.teacher, **exp.teacher_options())
         layer = spec.layers[spec.default_layer if exp.layer is None else exp.layer]
         seconds += spec.gflops / (0.4 * rate)
         if exp.target in ("dense", "both"):

@@ -12,7 +12,7 @@ import numpy as np
 from gradio.data_classes import FileData
 from PIL import Image
 
-from apm.errors import APMError
+from apm.errors import APMError, InputError
 from apm.io import write_atomic
 from apm.recipes import FILE_TEACHER, experiment
 
@@ -25,6 +25,19 @@ from .tabs.walk import DEFAULT_FRAMES, DEFAULT_STEPS, export_walk_files, train_a
 from .widgets import TEACHER_CHOICES, choice, file_name, page_teacher, plain, read_image, session_for, user_message
 
 log = logging.getLogger("apm.app")
+
+
+def _grid(value) -> int | None:
+    """The API's grid: None, or a whole number of locations a side (checked against the choices by Experiment)."""
+    if value in (None, "", 0):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"grid must be 16, 24 or 32 locations a side, not {value!r}") from None
+    if number != int(number):
+        raise InputError(f"grid must be 16, 24 or 32 locations a side, not {value!r}")
+    return int(number)
 
 
 def api_run(
@@ -43,6 +56,7 @@ def api_run(
     labels: str = "",
     features: FileData | None = None,
     checkpoint: str | None = None,
+    grid: int | None = None,
     request: gr.Request = None,
 ) -> dict:
     """Overfit a fresh APM on an image and stream its progress; the last result carries the islands as files.
@@ -50,9 +64,10 @@ def api_run(
     Parameters use stable keys: recipe in custom | cls-ttt | dense-distill | teacher-islands; teacher in dinov2,
     dinov2:imgfocus, dinov2:large-reg4, clip, clip:l14, mvit, file (with `features`); target in dense | global | both; preset in
     cpu | paper; projection in tsne2d | tsne3d | pca | paper | paper1d; checkpoint: a shipped checkpoint's name
-    or hf:ORG/REPO, to train further from a trained APM. Omitted settings take the recipe's.
+    or hf:ORG/REPO, to train further from a trained APM; grid in 16 | 24 | 32 locations a side (the teacher's
+    input size follows: 14 px a location for DINOv2; omitted: the teacher's own). Omitted settings take the recipe's.
     Each update is a dict: status (plain text), step, total_steps, feat_loss, rgb_loss, n_islands, done; the
-    last adds islands (PNG), rgb (PNG), snapshots (.npz) and settings (the run's JSON).
+    last adds grid ([h, w]), content, islands (PNG), rgb (PNG), snapshots (.npz) and settings (the run's JSON).
     """
     session = session_for(request)
     state = session.islands
@@ -62,7 +77,7 @@ def api_run(
             teacher = page_teacher(experiment(recipe).teacher)
         exp = experiment(recipe, teacher=teacher, layer=layer, target=target, steps=steps, lr=lr, seed=seed,
                          preset=preset, projection=projection, perplexity=perplexity, random_weights=random_weights,
-                         checkpoint=checkpoint or "")
+                         checkpoint=checkpoint or "", grid=_grid(grid))
         if exp.teacher not in {key for _, key in TEACHER_CHOICES}:
             choice(exp.teacher, TEACHER_CHOICES, "teacher")
         image_payload = image.model_dump() if hasattr(image, "model_dump") else image
@@ -104,7 +119,7 @@ def api_run(
     yield {"status": plain(engine.status_text(record, last, lead)), "step": record.live.steps_done,
            "total_steps": record.total_steps, "feat_loss": record.live.history.feat_loss[-1],
            "rgb_loss": record.live.history.rgb_loss[-1], "n_islands": last.metrics.n_islands, "done": True,
-           "stop_reason": record.live.stop_reason,
+           "stop_reason": record.live.stop_reason, "grid": list(record.grid_shape),
            "content": last.content.to_dict() if last.content is not None else None,
            "islands": _file(session, record, "islands.png", last.projection.image),
            "rgb": _file(session, record, "rgb.png", last.rgb),

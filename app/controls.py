@@ -17,7 +17,9 @@ from typing import Any
 import gradio as gr
 
 from apm.env import random_weights_default
+from apm.errors import InputError
 from apm.islands import PERPLEXITY_NOTE, PERPLEXITY_RANGE
+from apm.model import GRID_CHOICES
 from apm.recipes import RECIPES, Experiment
 from apm.teachers import teacher_spec
 from apm.teachers.clip import clean_labels
@@ -44,8 +46,28 @@ LOSS_CHOICES = [("MSE", "mse"), ("cosine", "cosine")]
 PRECISION_CHOICES = [("auto (bf16 only where native)", "auto"), ("bf16", "bf16"), ("fp32", "fp32")]
 METRIC_CHOICES = [("cosine", "cosine"), ("Euclidean", "euclidean")]
 TSNE_INIT_CHOICES = [("PCA", "pca"), ("random", "random")]
-LINK_KEYS = ("example", "recipe", "teacher", "layer", "seed", "steps", "projection", "perplexity")  # a shared link's
-LINK_INPUTS = ("recipe", "image", "teacher", "layer", "seed", "steps", "projection", "perplexity")  # read for a link
+LINK_KEYS = ("example", "recipe", "teacher", "layer", "grid", "seed", "steps", "projection", "perplexity")  # a link's
+LINK_INPUTS = ("recipe", "image", "teacher", "layer", "grid", "seed", "steps", "projection", "perplexity")  # read for one
+
+
+GRID_AUTO = "auto"
+GRID_PICKS = [("the teacher's own", GRID_AUTO), *((f"{g} x {g}" + (" (the paper's)" if g == 32 else ""), str(g))
+                                                  for g in GRID_CHOICES)]
+GRID_NOTE = "the teacher's input follows: 14 px a location for DINOv2 (224, 336, 448 px), 16 for CLIP B/16"
+
+
+def read_grid(value: Any) -> int | None:
+    """The grid picker's value -> locations a side (None: the teacher's own input size)."""
+    if value in (None, "", GRID_AUTO):
+        return None
+    side = whole(value, "grid", 16, 1, 4096)
+    if side not in GRID_CHOICES:
+        raise InputError(f"grid must be one of {', '.join(map(str, GRID_CHOICES))} locations a side, not {side}")
+    return side
+
+
+def _grid_value(exp: Experiment) -> str:
+    return GRID_AUTO if exp.grid is None else str(exp.grid)
 
 
 def parse_labels(text: Any) -> list[str]:
@@ -106,6 +128,9 @@ CONTROLS: tuple[Control, ...] = (  # the private endpoints' input order
             lambda value: value),
     Control("target", "target", lambda e: gr.Radio(TARGET_CHOICES, value=e.target, label="Target", elem_id="target"),
             _pick(TARGET_CHOICES, "target"), _field("target")),
+    Control("grid", "grid", lambda e: gr.Radio(GRID_PICKS, value=_grid_value(e), label="Grid (locations a side)",
+                                               elem_id="grid", info=GRID_NOTE),
+            lambda value: read_grid(value), _grid_value),
     Control("labels", "labels",
             lambda e: gr.Textbox(DEFAULT_LABELS, label="Zero-shot labels (comma-separated)", visible=False, elem_id="labels"),
             parse_labels),

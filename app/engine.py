@@ -37,6 +37,7 @@ log = logging.getLogger("apm.app")
 
 QUICK_FIT = {"early_exaggeration_iters": 25, "full_iters": 25}  # the first live frame: a short t-SNE (the next frames go on converging it)
 LIVE_WARM_ITERS = 5  # t-SNE steps per live frame: the embedding keeps converging over the frames
+LIVE_CONTENT_LOCATIONS = 256  # a live frame's content figures read at most this many locations (a 16 x 16 subgrid)
 
 
 # the GPU hook and the one teacher path
@@ -60,10 +61,12 @@ def zero_gpu() -> Callable[[Callable], Callable]:
 
 @zero_gpu()
 def encode_image(teacher_id: str, layer: int | None, random_weights: bool | None, image: Image.Image,
-                 layers: Sequence[int] | None = (None,)) -> tuple[Any, list[TeacherOutput]]:
+                 layers: Sequence[int] | None = (None,), options: dict[str, Any] | None = None
+                 ) -> tuple[Any, list[TeacherOutput]]:
     """The teacher for these settings and its outputs for the image, one per layer of `layers` (None: every
-    layer, from one forward pass; the default: the teacher's own layer). Every teacher call of the app."""
-    teacher = create_teacher(teacher_id, layer=layer, random_weights=random_weights)
+    layer, from one forward pass; the default: the teacher's own layer). Every teacher call of the app.
+    `options`: the teacher's config (`Experiment.teacher_options()`: the input size of a grid setting)."""
+    teacher = create_teacher(teacher_id, layer=layer, random_weights=random_weights, **(options or {}))
     if layers is None:
         return teacher, teacher.encode_layers(image)
     return teacher, teacher.encode_layers(image, [teacher.layer if k is None else k for k in layers])
@@ -99,6 +102,9 @@ def trained_experiment(exp: Experiment, loaded: Any) -> Experiment:
                       random_weights=bool(meta.get("random_weights", exp.random_weights)))
     elif exp.teacher == FILE_TEACHER:
         raise InputError("this checkpoint does not name its teacher: pick the teacher it was trained on")
+    h, w = loaded.apm.config.grid
+    if exp.grid is not None and (exp.grid, exp.grid) != (h, w):
+        raise InputError(f"this checkpoint decodes a {h} x {w} grid: set the grid to {h} (or leave it to the teacher)")
     return replace(exp, target="dense", trains=True)
 
 
@@ -127,12 +133,16 @@ def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: 
         if features is None:
             raise InputError("upload a feature array (.npy or .pt of shape (h, w, d) or (d,)) for 'your own features'")
         array = np.asarray(features, dtype=np.float32)
+        if exp.grid is not None and array.ndim == 3 and array.shape[:2] != (exp.grid, exp.grid):
+            raise InputError(f"your feature array is a {array.shape[0]} x {array.shape[1]} grid: set the grid to match "
+                             "it, or leave it to the teacher")
         target = Target.from_array(array)
         exp = replace(exp, target="dense" if array.ndim == 3 else "global")  # the target follows the array
         teacher_grid, teacher_global = (array, None) if array.ndim == 3 else (None, array)
         teacher_label = f"your features {tuple(array.shape)}"
     else:
-        teacher, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, image)
+        teacher, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, image,
+                                       options=exp.teacher_options())
         teacher_grid, teacher_global, teacher_label = out.grid, out.global_vector, out.info.label
         target = Target(grid=out.grid if exp.target in ("dense", "both") else None,
                         global_vector=out.global_vector if exp.target in ("global", "both") else None)
@@ -195,7 +205,9 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
     labels = None
     if zero_shot is not None and snap.global_vector is not None and snap.global_vector.shape[-1] == zero_shot.info.global_dim:
         labels = zero_shot.zero_shot(snap.global_vector, record.labels, top_k=min(5, len(record.labels)))
-    content = record.content_ref.measure(snap.features) if record.content_ref is not None else None
+    content = None
+    if record.content_ref is not None:  # live frames of a large grid: an even subgrid (the final frame: all of it)
+        content = record.content_ref.measure(snap.features, None if final else LIVE_CONTENT_LOCATIONS)
     return Frame(
         step=snap.step, elapsed_s=snap.elapsed_s, feat_loss=snap.feat_loss, rgb_loss=snap.rgb_loss,
         features=snap.features.astype(np.float16), rgb=snap.rgb, trigger_column=snap.trigger_column,
@@ -313,7 +325,7 @@ def one_pass_run(run_id: int, exp: Experiment, picture: Image.Image, image_name:
     h, w = apm.config.grid
     teacher_grid, teacher_label, compare = None, "teacher not named by the checkpoint", None
     if loaded.meta.get("teacher"):
-        _, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, picture)
+        _, (out,) = encode_image(exp.teacher, exp.layer, exp.random_weights, picture, options=exp.teacher_options())
         teacher_grid, teacher_label = out.grid, out.info.label
         compare = teacher_grid
         if teacher_grid.shape != features.shape:

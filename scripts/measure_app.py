@@ -1,9 +1,9 @@
 """Time the app as a user sees it: prints `name value` lines, asserts nothing.
 
-    python scripts/measure_app.py [--steps 300] [--image assets/examples/face.png] [--no-browser]
+    python scripts/measure_app.py [--steps 300] [--grid 16|24|32] [--image assets/examples/face.png] [--no-browser]
 
-1. The benchmark's training rate of the `cpu` preset (`apm.bench.step_seconds`, a 16 x 16 x 384 target, the same
-   shape as DINOv2-S's grid), measured in this script right before and right after the app's run (a shared VM's
+1. The benchmark's training rate of the `cpu` preset (`apm.bench.step_seconds`, a grid x grid x 384 target, the
+   shape of DINOv2-S's grid at that grid setting; 16 x 16 by default), measured in this script right before and right after the app's run (a shared VM's
    speed drifts by tens of percent over minutes: the ratio is to their mean).
 2. The app on a free port (untrained teachers, offline), driven through `gradio_client` with no browser, the way
    the page drives it: `/begin`, `/prepare`, then the `/stream` of frames. The client stands for a visitor's
@@ -50,10 +50,10 @@ def emit(name: str, value: float, note: str = "") -> None:
     print(f"{name} {value:.4g}" + (f"  # {note}" if note else ""), flush=True)
 
 
-def bench_rate(name: str) -> float:
+def bench_rate(name: str, grid: int = 16) -> float:
     from apm.bench import step_seconds
 
-    seconds, run = step_seconds("cpu", (16, 16), 384, "auto", 60)
+    seconds, run = step_seconds("cpu", (grid, grid), 384, "auto", 60 if grid <= 16 else 30)
     emit(name, 1.0 / seconds, "precision " + ("bf16" if run.amp_dtype else "fp32"))
     return 1.0 / seconds
 
@@ -83,12 +83,12 @@ def _server_pid(port: int) -> int:
     raise RuntimeError(f"no server on port {port}")
 
 
-def settings(image, steps: int) -> list:
+def settings(image, steps: int, grid: str = "auto") -> list:
     """The page's inputs to `/prepare`, by control name, in the registry's order (app/controls.py)."""
     from app.controls import RUN_INPUTS
 
     values = {"recipe": "custom", "image": image, "teacher": "dinov2", "layer": 11, "random_weights": True,
-              "features": None, "target": "dense", "labels": "", "preset": "cpu", "steps": steps, "lr": 1e-3,
+              "features": None, "target": "dense", "grid": grid, "labels": "", "preset": "cpu", "steps": steps, "lr": 1e-3,
               "lr_schedule": "constant", "seed": 0, "record_every": 10, "rgb_weight": 1.0, "feature_loss": "mse",
               "normalize_target": True, "init": "torch", "global_head": "attention", "precision": "auto",
               "projection": "tsne2d", "perplexity": 30, "metric": "cosine", "tsne_init": "pca", "checkpoint": "",
@@ -96,11 +96,11 @@ def settings(image, steps: int) -> list:
     return [values[name] for name in RUN_INPUTS]
 
 
-def client_run(url: str, image: str, steps: int) -> dict:
+def client_run(url: str, image: str, steps: int, grid: str = "auto") -> dict:
     """One run through the page's own endpoints, in a low-priority child process; returns its timings."""
     import json
 
-    out = subprocess.run([sys.executable, __file__, "--client-run", url, image, str(steps)], capture_output=True,
+    out = subprocess.run([sys.executable, __file__, "--client-run", url, image, str(steps), grid], capture_output=True,
                          text=True, preexec_fn=lambda: os.nice(10), timeout=900)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
@@ -108,11 +108,11 @@ def client_run(url: str, image: str, steps: int) -> dict:
     return json.loads(lines[-1])
 
 
-def _client_run(url: str, image: str, steps: int) -> dict:
+def _client_run(url: str, image: str, steps: int, grid: str) -> dict:
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False, download_files=False)
-    values = settings(handle_file(image), steps)  # reads the controls registry: its imports are not the app's time
+    values = settings(handle_file(image), steps, grid)  # reads the controls registry: its imports are not the app's time
     pressed = time.perf_counter()
     client.predict(api_name="/islands_begin")
     client.predict(*values, api_name="/islands_prepare")
@@ -159,14 +159,15 @@ def browser_run(url: str, image: str, out: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--client-run":  # the low-priority client process
+    if len(sys.argv) == 6 and sys.argv[1] == "--client-run":  # the low-priority client process
         import json
 
-        print(json.dumps(_client_run(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        print(json.dumps(_client_run(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default=str(ROOT / "assets" / "examples" / "face.png"))
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--grid", default="auto", choices=["auto", "16", "24", "32"], help="the page's grid setting")
     parser.add_argument("--out", default=str(ROOT / "tests" / "artifacts" / "measure"))
     parser.add_argument("--no-browser", action="store_true", help="skip the headless-Chromium run")
     args = parser.parse_args()
@@ -174,9 +175,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     with app_server(out / "server.log") as url:
-        cold = client_run(url, args.image, 30)
+        cold = client_run(url, args.image, 30, args.grid)
         emit("first_frame_s_cold", cold["first_frame_s"], "first Run after the server starts: the teacher is built")
-        before = bench_rate("bench_cpu_steps_per_s_before")
+        side = 16 if args.grid == "auto" else int(args.grid)
+        before = bench_rate("bench_cpu_steps_per_s_before", side)
         server = int(url.rsplit(":", 1)[1].strip("/"))  # the port; the pid is found below
         pid = _server_pid(server)
         usage = {}
@@ -191,9 +193,9 @@ def main() -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        warm = client_run(url, args.image, args.steps)
+        warm = client_run(url, args.image, args.steps, args.grid)
         sampler.join()
-        after = bench_rate("bench_cpu_steps_per_s_after")
+        after = bench_rate("bench_cpu_steps_per_s_after", side)
         bench = (before + after) / 2
         emit("first_frame_s_loaded", warm["first_frame_s"], "teacher loaded")
         emit("client_updates_per_s", warm["updates_per_s"], f"{warm['updates']} updates")

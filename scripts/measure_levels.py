@@ -4,7 +4,8 @@
 
 - levels_strip_s_dinov2 / levels_strip_s_mvit: from a chosen image to the strip of every layer's islands
   (one forward pass of an untrained teacher, PCA colours each), the teacher already built (as after the first
-  image) and the first time (`_cold`, the network built too);
+  image) and the first time (`_cold`, the network built too); `levels_strip_s_dinov2_g32`: the same at the
+  32 x 32 grid (448 px);
 - point_ms: a click on a grid image to both agreement maps, the marked grid images and the column plot;
 - trained_one_pass_s_cold / trained_one_pass_s: the shipped checkpoint's islands of an example image (load, one
   forward pass, the teacher's grid for fidelity, t-SNE), the first time and for a second image.
@@ -32,14 +33,15 @@ def main() -> None:
 
     tab = islands()
     request = Req("measure-levels")
-    for teacher, name in (("dinov2", "dinov2"), ("mvit", "mvit")):
+    levels = tab.panel("levels")
+    for teacher, grid, name in (("dinov2", "auto", "dinov2"), ("dinov2", "32", "dinov2_g32"), ("mvit", "auto", "mvit")):
         clear_model_cache()
         start = time.perf_counter()
-        tab.panel("levels").on_levels(file_payload(example("house")), teacher, True, request=request)
+        levels.on_levels(file_payload(example("house")), teacher, True, grid, request=request)
         print(f"levels_strip_s_{name}_cold {time.perf_counter() - start:.2f}")
         start = time.perf_counter()
-        out = tab.panel("levels").on_levels(file_payload(example("face")), teacher, True, request=request)  # a new image
-        assert out[tab.levels]
+        out = levels.on_levels(file_payload(example("face")), teacher, True, grid, request=request)  # a new image
+        assert out[levels.gallery]
         print(f"levels_strip_s_{name} {time.perf_counter() - start:.2f}")
 
     run_islands(request, example("face"), steps=20)

@@ -76,7 +76,7 @@ def file_payload(path: str | Path | None) -> dict | None:
 
 DEFAULTS = {  # by control name (app/controls.py); the order the page sends them is the registry's
     "recipe": "custom", "image": None, "teacher": "dinov2", "layer": 11, "random_weights": True, "features": None,
-    "target": "dense", "labels": "", "preset": "cpu", "steps": 20, "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
+    "target": "dense", "grid": "auto", "labels": "", "preset": "cpu", "steps": 20, "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
     "record_every": 10, "rgb_weight": 1.0, "feature_loss": "mse", "normalize_target": True, "init": "torch",
     "global_head": "attention", "precision": "auto", "projection": "tsne2d", "perplexity": 30, "metric": "cosine",
     "tsne_init": "pca", "checkpoint": "", "comparable": True,

@@ -85,7 +85,7 @@ def test_the_registry_reads_and_writes_every_setting():
         assert read.effective_lr == exp.effective_lr and read.teacher == exp.teacher
     with pytest.raises(Exception, match="steps must be a whole number"):
         Controls.read({"steps": 10**9})
-    with pytest.raises(TypeError, match="expected 26 values"):
+    with pytest.raises(TypeError, match=f"expected {len(RUN_INPUTS)} values"):
         Controls.named([1, 2, 3])
 
 
@@ -120,7 +120,7 @@ def test_the_gpu_hook_wraps_every_teacher_call(monkeypatch, tmp_path):
         assert not is_error(tab.prepare(*islands_settings(example(), steps=10), request=request)[tab.status])
         assert len(calls) == 1
         list(tab.stream(request=request))
-        tab.panel("levels").on_levels(file_payload(example()), "dinov2", True, request=request)
+        tab.panel("levels").on_levels(file_payload(example()), "dinov2", True, "auto", request=request)
         assert len(calls) == 2
         out = by_id(tab.on_trained(file_payload(example()), "tiny", "pca", True, request=request))
         assert "one forward pass" in plain(out["status"]) and len(calls) == 3

@@ -6,6 +6,7 @@ light on a shared 2-core machine.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import replace
@@ -414,15 +415,15 @@ def test_levels_strip_one_image_per_layer_and_a_click_selects_it():
     request = Req("islands-levels")
     from tests.app_harness import file_payload
 
-    out = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "dinov2", True, request=request))
+    out = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "dinov2", True, "auto", request=request))
     items = out["levels-strip"]
     assert len(items) == 12 and [caption for _, caption in items] == [f"layer {k}" for k in range(12)]
     assert all(image.shape[2] == 3 and image.dtype == np.uint8 for image, _ in items)
     assert len(STORE.peek(request.session_hash).islands.levels.grids) == 12
     assert by_id(tab.panel("levels").on_level(Select(4)))["layer"] == 4
-    mvit = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "mvit", True, request=request))["levels-strip"]
+    mvit = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "mvit", True, "auto", request=request))["levels-strip"]
     assert len(mvit) == 16
-    assert by_id(tab.panel("levels").on_levels(None, "dinov2", True, request=request))["levels-strip"] is None
+    assert by_id(tab.panel("levels").on_levels(None, "dinov2", True, "auto", request=request))["levels-strip"] is None
     STORE.drop(request.session_hash)
 
 
@@ -460,9 +461,10 @@ def test_a_shared_link_reproduces_the_settings():
     tab = islands()
     from tests.app_harness import file_payload
 
-    link = by_id(tab.share_link("cls-ttt", file_payload(example("house")), "clip", 7, 3, 120.0, "paper", 3))
+    link = by_id(tab.share_link("cls-ttt", file_payload(example("house")), "clip", 7, "24", 3, 120.0, "paper", 3))
     query = link["share-link"]["value"]
     assert query.startswith("?") and "example=house" in query and "recipe=cls-ttt" in query and "steps=120" in query
+    assert "grid=24" in query
 
     class LinkRequest(Req):
         def __init__(self, params):
@@ -474,12 +476,15 @@ def test_a_shared_link_reproduces_the_settings():
     out = by_id(tab.from_link(LinkRequest(dict(parse_qsl(query[1:])))))
     assert out["recipe"] == "cls-ttt" and out["teacher"] == "clip" and out["layer"]["value"] == 7
     assert out["seed"] == 3 and out["steps"] == 120 and out["projection"] == "paper" and out["perplexity"] == 3
+    assert out["grid"] == "24"
     assert Path(out["input-image"]).stem == "house" and out["target"] == "global"  # the recipe's, too
     bad = by_id(tab.from_link(LinkRequest({"teacher": "resnet"})))
     assert is_error(bad["status"]) and "teacher" in plain(bad["status"])
     assert is_skip(by_id(tab.from_link(LinkRequest({})))["status"])
-    uploaded = by_id(tab.share_link("custom", None, "dinov2", 11, 0, 300, "tsne2d", 30))["share-link"]["value"]
-    assert "example" not in uploaded
+    uploaded = by_id(tab.share_link("custom", None, "dinov2", 11, "auto", 0, 300, "tsne2d", 30))["share-link"]["value"]
+    assert "example" not in uploaded and "grid" not in uploaded
+    bad = by_id(tab.from_link(LinkRequest({"grid": "20"})))
+    assert is_error(bad["status"]) and "grid must be one of 16, 24, 32" in plain(bad["status"])
 
 
 def test_hovering_the_scatter_or_a_tree_segment_lights_up_locations(finished):
@@ -504,3 +509,27 @@ def test_hovering_the_scatter_or_a_tree_segment_lights_up_locations(finished):
                               plain_input[16 * outside[0] + 8, 16 * outside[1] + 8])
     for junk in ("", "loc:abc:3", "loc:99999:4", "seg:L9.9:5", "zap:1:1"):
         assert is_skip(by_id(tab.panel("pointing").on_pick(junk, request=request))["status"])
+
+
+def test_the_grid_setting_reaches_the_teacher_and_the_apm():
+    """grid = 24: the teacher reads 336 px (14 px a location), the APM decodes 24 x 24, the expected time grows;
+    a grid the teacher cannot make (MViTv2) is one clear line."""
+    from app.controls import Controls
+    from app.tabs.islands import expected_markdown
+
+    request = Req("islands-grid")
+    prepared, stream = run_islands(request, example("face"), steps=20, grid="24")
+    record = STORE.peek(request.session_hash).islands.run
+    assert record.grid_shape == (24, 24) and record.teacher_grid.shape[:2] == (24, 24)
+    assert record.live.run.model.config.grid == (24, 24) and record.experiment.grid == 24
+    assert stream[-1]["islands-image"].shape == (240, 240, 3) and not is_error(stream[-1]["status"])
+    times = {}
+    for grid in ("auto", "16", "32"):
+        exp = Controls.read(dict(zip(("teacher", "grid"), ("dinov2", grid)))).experiment
+        times[grid] = float(re.search(r"about (\d+)", expected_markdown(exp)).group(1))
+    assert times["auto"] == times["16"] < times["32"]
+    mvit = run_islands(request, example("face"), steps=20, teacher="mvit", layer=0, grid="32")[0]
+    assert is_error(mvit["status"]) and "MViTv2-S takes 224 px" in plain(mvit["status"])
+    bad = run_islands(request, example("face"), steps=20, grid="20")[0]
+    assert is_error(bad["status"]) and "grid must be one of 16, 24, 32" in plain(bad["status"])
+    STORE.drop(request.session_hash)

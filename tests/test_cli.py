@@ -259,6 +259,36 @@ def test_islands_errors_are_one_line(files, argv, message, capsys):
     assert not (files["dir"] / "e" / "islands.png").exists()
 
 
+@pytest.mark.parametrize("grid", [24, 32])
+def test_the_grid_reaches_the_teacher_and_the_apm(files, grid):
+    """--grid N: the teacher's input is N x 14 px (DINOv2), its grid and the APM's are N x N; islands too."""
+    out = files["dir"] / f"g{grid}"
+    assert main(["overfit", str(files["image"]), "--teacher", "dinov2", "--layer", "0", "--random-weights",
+                 "--grid", str(grid), "--steps", "3", "--projection", "pca", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target"]["image_size"] == 14 * grid and summary["target"]["grid_shape"] == [grid, grid]
+    assert summary["recipe"]["grid"] == grid
+    assert np.load(out / "run.npz")["features"].shape[1:3] == (grid, grid)
+    assert main(["islands", str(files["image"]), "--teacher", "dinov2", "--layer", "0", "--random-weights",
+                 "--grid", str(grid), "--projection", "pca", "--out", str(out / "teacher")]) == 0
+    assert list(np.load(out / "teacher" / "islands.npz")["grid_shape"]) == [grid, grid]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["overfit", "{image}", "--teacher", "mvit", "--random-weights", "--grid", "16"], "MViTv2-S takes 224 px"),
+    (["overfit", "{image}", "--target", "{dense}", "--grid", "16"], "the target array is a 6 x 6 grid"),
+    (["islands", "{image}", "--teacher", "dinov2", "--grid", "20", "--random-weights"], "invalid choice"),
+])
+def test_a_grid_that_cannot_be_made_is_one_line(files, argv, message, capsys):
+    argv = [a.format(image=files["image"], dense=files["dense"]) for a in argv]
+    try:
+        code = main([*argv, "--out", str(files["dir"] / "e")])
+    except SystemExit as exit_:  # argparse's own check of the choices
+        code = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) >= 1 and message in err[-1], err
+
+
 def test_islands_from_a_checkpoint_in_random_order_and_chunks(files, capsys):
     """--chunk K --order random decodes that way and writes the same files, with the same grid, as one pass."""
     import torch
@@ -293,9 +323,10 @@ def test_recipe_errors(files, capsys):
 
 
 def test_cli_choices_match_the_library():
-    from apm.cli import LR_SCHEDULE_CHOICES, PROJECTION_CHOICES, RECIPE_CHOICES
+    from apm.cli import GRID_CHOICES, LR_SCHEDULE_CHOICES, PROJECTION_CHOICES, RECIPE_CHOICES
     from apm.islands import PROJECTIONS
+    from apm.model import GRID_CHOICES as MODEL_GRIDS
     from apm.recipes import LR_SCHEDULES, RECIPES
 
     assert set(RECIPE_CHOICES) == set(RECIPES) and set(PROJECTION_CHOICES) == set(PROJECTIONS)
-    assert set(LR_SCHEDULE_CHOICES) == set(LR_SCHEDULES)
+    assert set(LR_SCHEDULE_CHOICES) == set(LR_SCHEDULES) and tuple(GRID_CHOICES) == tuple(MODEL_GRIDS)

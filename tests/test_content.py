@@ -101,3 +101,24 @@ def test_resize_grid_reads_a_grid_at_other_locations(teacher):
     assert small.shape == (14, 14, 64)
     back = resize_grid(small, (H, W))
     assert linear_cka(back, teacher) > 0.9  # the quadrants survive the round trip
+
+
+def test_a_live_frame_of_a_large_grid_reads_an_even_subgrid():
+    """32 x 32 with max_locations=256: a stride-2 subgrid of 256 locations, said in `locations`; the figures read
+    off it agree with the full grid's (they are about which locations go together, sampled evenly)."""
+    from apm.content import subgrid
+
+    rng = np.random.default_rng(1)
+    parts = rng.normal(size=(4, 64)).astype(np.float32) * 3
+    quadrant = (np.arange(32)[:, None] >= 16) * 2 + (np.arange(32)[None, :] >= 16)
+    big = (parts[quadrant] + rng.normal(size=(32, 32, 64))).astype(np.float32)
+    index = subgrid((32, 32), 256)
+    assert len(index) == 256 and index[:3].tolist() == [0, 2, 4] and index[16] == 64  # rows 0, 2, ...; columns too
+    assert subgrid((16, 16), 256) is None and len(subgrid((24, 24), 256)) == 144  # stride 2: 12 x 12
+    frame = big + rng.normal(size=big.shape).astype(np.float32)
+    ref = ContentReference((32, 32), big)
+    live, full = ref.measure(frame, max_locations=256), ref.measure(frame)
+    assert live.locations == 256 and full.locations is None
+    assert abs(live.cka_teacher - full.cka_teacher) < 0.05 and abs(live.spread - full.spread) < 0.05
+    assert live.ari_teacher > 0.9 and full.ari_teacher > 0.9
+    assert set(live.to_dict()) == {"cka_teacher", "cka_position", "ari_teacher", "spread"}

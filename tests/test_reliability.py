@@ -155,6 +155,14 @@ def test_the_api_runs_with_defaults_and_named_outputs(client, image):
     assert settings["done"] and "global loss" in settings["status"] and "CLIP" in settings["status"]
     bad = client.predict(image=image, teacher="alexnet", api_name="/run")
     assert bad["error"] and bad["status"].startswith("error: unknown teacher")
+    sharp = client.predict(image=image, grid=24, steps=MIN_STEPS, api_name="/run")  # the grid: teacher and APM
+    assert sharp["done"] and not sharp.get("error")
+    assert sharp["grid"] == [24, 24] and result["grid"] == [16, 16]
+    for grid, message in ((20, "grid must be one of 16, 24, 32"), (2.5, "grid must be 16, 24 or 32")):
+        bad = client.predict(image=image, grid=grid, api_name="/run")
+        assert bad["error"] and message in bad["status"], bad["status"]
+    mvit = client.predict(image=image, teacher="mvit", grid=32, api_name="/run")
+    assert mvit["error"] and "MViTv2-S takes 224 px" in mvit["status"]
 
 
 def test_the_readme_api_example_runs(server, monkeypatch, capsys):

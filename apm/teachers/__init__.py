@@ -20,8 +20,10 @@ from .dinov2 import DINOv2Config, DINOv2Teacher
 from .features import FeatureLimits, load_feature_array
 from .mvit import MViTConfig, MViTTeacher
 from .registry import (
+    GRID_CHOICES,
     create_teacher,
     download_weights,
+    grid_options,
     hub_free_substitute,
     list_teachers,
     parse_teacher_id,
@@ -31,6 +33,8 @@ from .registry import (
 )
 
 __all__ = [
+    "GRID_CHOICES",
+    "grid_options",
     "OUTPUT_CACHE",
     "CLIPConfig",
     "CLIPTeacher",

@@ -260,6 +260,11 @@ class Teacher(abc.ABC):
         return int(config.image_size or cls.VARIANTS[config.model_id].image_size)
 
     @classmethod
+    def image_size_for_grid(cls, config: Any, grid: int) -> int:
+        """The input side in px that gives a grid x grid feature grid; an `InputError` where the network cannot."""
+        raise InputError(f"the {cls.name} teacher cannot make a {grid} x {grid} grid: leave the grid to the teacher")
+
+    @classmethod
     def spec_for(cls, config: Any) -> TeacherSpec:
         """Cheap metadata for a config: no weights, no network."""
         if cls.VARIANTS and config.model_id not in cls.VARIANTS:

@@ -137,6 +137,11 @@ class CLIPTeacher(Teacher):
         return [LayerSpec((size // ph, size // pw), width, int(cfg["embed_dim"]))] * int(vision["layers"])
 
     @classmethod
+    def image_size_for_grid(cls, config: CLIPConfig, grid: int) -> int:
+        patch = _arch(config.model_id)["vision_cfg"]["patch_size"]
+        return int(grid) * int(patch if isinstance(patch, int) else patch[0])  # B/16: 256, 384, 512 px
+
+    @classmethod
     def forward_gflops(cls, config: CLIPConfig) -> float:
         vision = _arch(config.model_id)["vision_cfg"]
         h, w = cls.layer_table(config)[0].grid

@@ -123,6 +123,10 @@ class DINOv2Teacher(Teacher):
         return [LayerSpec((side, side), width, width)] * depth
 
     @classmethod
+    def image_size_for_grid(cls, config: DINOv2Config, grid: int) -> int:
+        return int(grid) * PATCH  # 14 px a location: 224 px for 16, 336 for 24, 448 for 32
+
+    @classmethod
     def forward_gflops(cls, config: DINOv2Config) -> float:
         depth, width, prefix = _ARCH[config.model_id]
         side = cls.image_size_of(config) // PATCH

@@ -100,6 +100,13 @@ class MViTTeacher(Teacher):
         return [LayerSpec((h, w), c, c) for _, h, w, c in BLOCK_SHAPES]
 
     @classmethod
+    def image_size_for_grid(cls, config: MViTConfig, grid: int) -> int:
+        sides = sorted({h for _, h, _, _ in BLOCK_SHAPES}, reverse=True)
+        raise InputError(f"MViTv2-S takes 224 px inputs only (its position tables are fixed): its grids are "
+                         f"{', '.join(map(str, sides))} locations a side, set by the layer, so a {grid} x {grid} grid "
+                         "cannot be made; leave the grid to the teacher")
+
+    @classmethod
     def forward_gflops(cls, config: MViTConfig) -> float:
         return GFLOPS
 

@@ -13,6 +13,7 @@ from typing import Any
 from ..device import resolve_device
 from ..env import random_weights_default
 from ..errors import InputError, WeightsUnavailableError
+from ..model import GRID_CHOICES
 from .base import Teacher, TeacherSpec
 from .weights import PypiWeights, cached_weights, fetch_weights
 
@@ -73,6 +74,18 @@ def _config(cls: type[Teacher], model_id: str | None, options: dict[str, Any]):
     if model_id is not None:
         options = {**options, "model_id": model_id}
     return cls.Config(**options)
+
+
+def grid_options(teacher_id: str, grid: int | None) -> dict[str, Any]:
+    """The teacher options that give a grid x grid feature grid ({} for None: the teacher's own input size).
+
+    `InputError` for a grid outside GRID_CHOICES, or one the teacher cannot make (MViTv2's input is fixed)."""
+    if grid is None:
+        return {}
+    if grid not in GRID_CHOICES:
+        raise InputError(f"grid must be one of {', '.join(map(str, GRID_CHOICES))} locations a side, not {grid}")
+    cls, model_id = parse_teacher_id(teacher_id)
+    return {"image_size": cls.image_size_for_grid(_config(cls, model_id, {}), int(grid))}
 
 
 def teacher_spec(teacher_id: str, variant: str | None = None, **options: Any) -> TeacherSpec:

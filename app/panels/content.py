@@ -36,6 +36,8 @@ def readout_html(m: ContentMetrics | None, step: int | None = None) -> str:
         _figure("spread", m.spread, "how different the locations are, over how different the teacher's are"),
     ])
     at = f" at step {step}" if step is not None else ""
+    if m.locations:
+        at += f" (live: measured on {m.locations} evenly spread locations; the final frame on all)"
     return (f"<div class='apm-content' title='{html.escape(HELP, quote=True)}'><div class='apm-content-figures'>"
             f"{figures}</div><div class='apm-content-sentence'>What the islands rest on{at}: "
             f"{html.escape(content_sentence(m))}.</div></div>")

@@ -11,8 +11,10 @@ import gradio as gr
 from apm.errors import APMError
 from apm.islands import pca_colours
 from apm.recipes import FILE_TEACHER
+from apm.teachers import grid_options
 
 from .. import engine, plots
+from ..controls import read_grid
 from ..session import Levels
 from ..widgets import TEACHER_CHOICES, choice, read_image, selected_index, session_for
 from . import Panel
@@ -35,14 +37,14 @@ class LevelsPanel(Panel):
 
     def wire(self, tab) -> None:
         self.layer = tab.controls["layer"]
-        sources = tab.controls.inputs(("image", "teacher", "random_weights"))
+        sources = tab.controls.inputs(("image", "teacher", "random_weights", "grid"))
         for control in sources:
             control.change(self.on_levels, sources, [self.gallery], preprocess=False, concurrency_limit=2,
                            concurrency_id="levels", show_progress="minimal", trigger_mode="always_last",
                            **tab.private("levels"))
         self.gallery.select(self.on_level, None, [tab.controls["layer"]], queue=False, **tab.private("level"))
 
-    def on_levels(self, image, teacher, random_weights, request: gr.Request = None) -> dict:
+    def on_levels(self, image, teacher, random_weights, grid, request: gr.Request = None) -> dict:
         """Every layer's islands of the image (cached per image): a failed strip just stays empty (the image's
         own check reports a bad file)."""
         state = session_for(request).islands
@@ -51,7 +53,9 @@ class LevelsPanel(Panel):
             if image is None or teacher_id == FILE_TEACHER:
                 state.levels = None
                 return {self.gallery: None}
-            _, outputs = engine.encode_image(teacher_id, None, bool(random_weights), read_image(image), layers=None)
+            options = grid_options(teacher_id, read_grid(grid))  # a grid the teacher cannot make: no strip
+            _, outputs = engine.encode_image(teacher_id, None, bool(random_weights), read_image(image), layers=None,
+                                             options=options)
         except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, APMError):
                 log.exception("levels strip failed")

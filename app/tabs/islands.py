@@ -23,7 +23,17 @@ from apm.recipes import FILE_TEACHER, RECIPES, Experiment, estimate_seconds, exp
 from apm.teachers import load_feature_array, teacher_spec
 
 from .. import engine, plots, trained
-from ..controls import LINK_INPUTS, LINK_KEYS, RECIPE_SHOWN, VIEW_INPUTS, Controls, layer_update, with_view
+from ..controls import (
+    GRID_AUTO,
+    LINK_INPUTS,
+    LINK_KEYS,
+    RECIPE_SHOWN,
+    VIEW_INPUTS,
+    Controls,
+    layer_update,
+    read_grid,
+    with_view,
+)
 from ..engine import View
 from ..panels import Panel, RenderContext, default_panels
 from ..session import Frame, RunRecord
@@ -159,7 +169,7 @@ class IslandsTab(Tab):
                 c.make("image", start)
                 self.examples = gr.Gallery(example_gallery(), label="Examples (click one)", columns=3, height="auto",
                                            allow_preview=False, elem_id="examples", object_fit="cover", buttons=[])
-                for name in ("teacher", "layer", "random_weights", "features", "target", "labels"):
+                for name in ("teacher", "layer", "grid", "random_weights", "features", "target", "labels"):
                     c.make(name, start)
                 with gr.Accordion("Training", open=False, elem_id="training"):
                     for name in ("preset", "steps", "lr", "lr_schedule", "seed", "record_every"):
@@ -216,7 +226,7 @@ class IslandsTab(Tab):
         c["teacher"].input(self.on_teacher, [c["teacher"]], [c["layer"], *self.visibility_outputs], queue=False,
                            **private("teacher"))
         c["preset"].input(self.on_preset, [c["preset"]], [c["lr"]], queue=False, **private("preset"))
-        for name in ("teacher", "layer", "target", "preset", "steps", "recipe"):
+        for name in ("teacher", "layer", "grid", "target", "preset", "steps", "recipe"):
             c[name].change(self.on_settings, c.inputs(), [self.expected], queue=False, preprocess=False,
                            trigger_mode="always_last", **private("expected"))
         c["image"].change(self.on_image, [c["image"]], [self.status], queue=False, preprocess=False, **private("image"))
@@ -482,12 +492,13 @@ class IslandsTab(Tab):
 
     # links
 
-    def share_link(self, recipe, image, teacher, layer, seed, steps, projection, perplexity) -> dict:
+    def share_link(self, recipe, image, teacher, layer, grid, seed, steps, projection, perplexity) -> dict:
         """The query string of a link that opens the page with these settings (an example image only)."""
         from urllib.parse import urlencode
 
         values = {"recipe": recipe, "teacher": teacher, "layer": layer, "seed": seed, "steps": steps,
-                  "projection": projection, "perplexity": perplexity}
+                  "projection": projection, "perplexity": perplexity,
+                  "grid": None if grid in (None, "", GRID_AUTO) else grid}
         stem = Path(file_name(image)).stem if image else ""
         if stem and any(p.stem == stem for p in example_paths()):
             values["example"] = stem
@@ -507,6 +518,7 @@ class IslandsTab(Tab):
             changes = {
                 "teacher": choice(params.get("teacher", page_teacher(base.teacher)), TEACHER_CHOICES, "teacher"),
                 "layer": whole(params["layer"], "layer", 0, 0, 1000) if "layer" in params else None,
+                "grid": read_grid(params["grid"]) if "grid" in params else None,
                 "seed": whole(params["seed"], "seed", 0, 0, 2**31 - 1) if "seed" in params else None,
                 "steps": whole(params["steps"], "steps", 300, 10, LIMITS.max_steps) if "steps" in params else None,
                 "projection": (choice(params["projection"], PROJECTION_CHOICES, "islands view")
