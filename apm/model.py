@@ -40,6 +40,29 @@ def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.T
     return enc[:, :dim].float().contiguous()
 
 
+def official_positional_code(dim: int, h: int, w: int) -> torch.Tensor:
+    """The official code's layout as (h*w, dim), written from its definition: the first half of the channels
+    encodes j, the second i; within a half, even channels are sin and odd ones cos of the position times
+    10000^(-2k/half). The frequencies are `sincos_2d`'s: the two codes are one channel permutation apart."""
+    if dim % 4:
+        raise ValueError(f"the official positional code needs a multiple of 4 channels, got {dim}")
+    half = dim // 2
+    freq = torch.exp(torch.arange(0.0, half, 2, dtype=torch.float64) * -(math.log(10000.0) / half))  # (half/2,)
+    jj = torch.arange(float(w), dtype=torch.float64)[:, None] * freq  # (w, half/2)
+    ii = torch.arange(float(h), dtype=torch.float64)[:, None] * freq  # (h, half/2)
+    code = torch.zeros(h, w, dim, dtype=torch.float64)
+    code[:, :, 0:half:2] = jj.sin()[None, :, :]
+    code[:, :, 1:half:2] = jj.cos()[None, :, :]
+    code[:, :, half::2] = ii.sin()[:, None, :]
+    code[:, :, half + 1 :: 2] = ii.cos()[:, None, :]
+    return code.reshape(h * w, dim).float().contiguous()
+
+
+def positional_code(kind: str, h: int, w: int, dim: int) -> torch.Tensor:
+    """(h*w, dim) location code: "sincos" (this project's blocks) or "official" (the official code's interleaving)."""
+    return official_positional_code(dim, h, w) if kind == "official" else sincos_2d(h, w, dim)
+
+
 def grid_locations(h: int, w: int) -> torch.Tensor:
     """All (i, j) locations of an h x w grid in row-major order: (h * w, 2) int64."""
     ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -87,6 +110,7 @@ class ModelConfig:
     init: str = "torch"  # "torch": PyTorch's defaults; "normal": every parameter N(0, 0.01), as the official TTT
     rgb_output: str = "sigmoid"  # colour head output: "sigmoid" in [0, 1], or "relu" (the official checkpoint's)
     input_scaling: str = "imagenet"  # "imagenet": (x - mean) / std; "minmax": whole image to [0, 1] (official)
+    pos_code: str = "sincos"  # location codes' channel layout: "sincos" (blocks) or "official" (interleaved)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -123,6 +147,7 @@ _CHOICES = {
     "init": ("torch", "normal"),
     "rgb_output": ("sigmoid", "relu"),
     "input_scaling": ("imagenet", "minmax"),
+    "pos_code": ("sincos", "official"),
 }
 
 
@@ -202,13 +227,14 @@ class Column(nn.Module):
 class GlobalHead(nn.Module):
     """One learned query attending over the unfolded feature grid (plus an output positional encoding)."""
 
-    def __init__(self, grid: tuple[int, int], feature_dim: int, global_dim: int, heads: int, kind: str = "attention"):
+    def __init__(self, grid: tuple[int, int], feature_dim: int, global_dim: int, heads: int, kind: str = "attention",
+                 pos_code: str = "sincos"):
         super().__init__()
         while feature_dim % heads:
             heads -= 1
         self.kind = kind
         self.query = nn.Parameter(torch.randn(1, 1, feature_dim) * 0.02)
-        self.register_buffer("pos", sincos_2d(grid[0], grid[1], feature_dim), persistent=False)
+        self.register_buffer("pos", positional_code(pos_code, grid[0], grid[1], feature_dim), persistent=False)
         self.attn = nn.MultiheadAttention(feature_dim, heads, batch_first=True)
         # "paper": one learned query attends over [features + a fixed sin-cos code]; its output is the prediction
         self.norm = nn.LayerNorm(feature_dim) if kind == "attention" else nn.Identity()
@@ -245,7 +271,7 @@ class APM(nn.Module):
         self.config = config
         h, w = config.grid
         self.column = Column(config.patch_size, config.column_channels, config.input_scaling)
-        self.register_buffer("pos", sincos_2d(h, w, config.pos_dim), persistent=False)  # (h*w, pos_dim)
+        self.register_buffer("pos", positional_code(config.pos_code, h, w, config.pos_dim), persistent=False)  # (h*w, p)
         widths = [config.query_dim, *config.hidden]
         # the first layers see [column, position] and [feature, column, position]: one Linear per input block
         self.mlp_in_column = nn.Linear(config.column_dim, widths[1])
@@ -261,7 +287,8 @@ class APM(nn.Module):
         _init_as_one_linear(self.rgb_in_column, self.rgb_in_feature, self.rgb_in_position)
         self.rgb_mlp = _mlp([*config.rgb_hidden, 3], config.activation, last_activation=False)
         self.global_head = (
-            GlobalHead(config.grid, config.feature_dim, config.global_dim, config.global_heads, config.global_head)
+            GlobalHead(config.grid, config.feature_dim, config.global_dim, config.global_heads, config.global_head,
+                       config.pos_code)
             if config.global_dim
             else None
         )

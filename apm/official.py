@@ -21,14 +21,13 @@ that `APM.from_pretrained(OUT_DIR)` loads like any other. What differs, and how 
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .errors import InputError
-from .model import APM, MODEL_PRESETS, sincos_2d
+from .model import APM, MODEL_PRESETS, official_positional_code, sincos_2d
 
 GRID = (32, 32)
 HIDDEN = 1024  # column length = positional code length = feature dim
@@ -50,22 +49,6 @@ def official_config():
     """The official model as a `ModelConfig`: the paper preset, ReLU colours, min-max input scaling."""
     return replace(MODEL_PRESETS["paper"], grid=GRID, feature_dim=HIDDEN, pos_dim=HIDDEN, column_channels=1,
                    rgb_output="relu", input_scaling="minmax", global_dim=None)
-
-
-def official_positional_code(dim: int = HIDDEN, h: int = GRID[0], w: int = GRID[1]) -> torch.Tensor:
-    """The official code as (h*w, dim): channel c of location (i, j). Written from its definition: the first
-    half of the channels encodes j, the second i; within a half, even channels are sin and odd ones cos of
-    the position times 10000^(-2k/half)."""
-    half = dim // 2
-    freq = torch.exp(torch.arange(0.0, half, 2) * -(math.log(10000.0) / half))  # (half/2,)
-    jj = torch.arange(float(w))[:, None] * freq  # (w, half/2)
-    ii = torch.arange(float(h))[:, None] * freq  # (h, half/2)
-    code = torch.zeros(h, w, dim)
-    code[:, :, 0:half:2] = jj.sin()[None, :, :]
-    code[:, :, 1:half:2] = jj.cos()[None, :, :]
-    code[:, :, half::2] = ii.sin()[:, None, :]
-    code[:, :, half + 1::2] = ii.cos()[:, None, :]
-    return code.reshape(h * w, dim)
 
 
 def channel_permutation(dim: int = HIDDEN, h: int = GRID[0], w: int = GRID[1]) -> torch.Tensor:
