@@ -212,7 +212,11 @@ def teacher_figures(emit: Emit) -> None:
 
 
 def asynchronous_figures(emit: Emit) -> None:
-    """Asynchronous decoding against the teacher (time, peak memory and FLOPs are measured as `apm.cost` says).
+    """Asynchronous decoding against the teacher, as `apm.cost` measures it: time is the median wall clock of
+    repeats after a warm-up; peak memory is the largest running total of the tensor allocations and frees that
+    torch's profiler (`profile_memory=True`) records during the call, net of what existed before (activations and
+    outputs, not parameters; each decoded chunk is dropped once made); FLOPs come from
+    `torch.utils.flop_counter.FlopCounterMode` and are checked against `APM.decode_flops` (`flops_counter_vs_*`).
 
     Untrained models: time, memory and FLOPs do not depend on the weights. The APM decodes n locations of its grid
     (a random draw) in chunks of c (`apm_{preset}_decode_ms_n{n}_c{c}`, `..._peak_mb_...`) for the `cpu` preset's
