@@ -102,6 +102,7 @@ def relative_spread(grid: np.ndarray) -> float:
     return float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean()) / total)
 
 
+LIVE_LOCATIONS = 256  # a live frame's content figures read at most this many locations (an even subgrid)
 MAX_ISLANDS = 12  # islands compared at most (a noisy grid's threshold count can be every location)
 
 

@@ -43,6 +43,7 @@ COLOURINGS = ("aligned", "minmax")
 PERPLEXITY_RANGE = (2.0, 100.0)  # what the app's perplexity control offers
 METRICS = ("cosine", "euclidean")
 GRADIENTS = ("auto", "bh", "fft")
+LIVE_WARM_ITERS = 5  # t-SNE steps per live frame of a run (the embedding keeps converging over the frames)
 FFT_MIN_POINTS_2D = 5000  # below this many points Barnes-Hut beats FFT in 2D (FFT is always used in 1D by "auto")
 MIN_TSNE_POINTS = 4  # fewer locations than this are embedded by PCA (t-SNE needs a perplexity >= 1)
 _CONSTANT_RTOL = 1e-6  # features whose spread is below this fraction of their magnitude count as constant

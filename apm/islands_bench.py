@@ -14,7 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .content import LIVE_LOCATIONS
 from .islands import (
+    LIVE_WARM_ITERS,
     IslandConfig,
     ProjectionConfig,
     island_metrics,
@@ -86,7 +88,43 @@ def islands_figures(repeats: int = REPEATS) -> dict[str, float]:
         teacher = np.ascontiguousarray(grid[..., ::-1])  # another grid of the same locations
         reference = ContentReference((side, side), teacher, position_code(side, side))
         figures[f"content_ms_{side * side}"] = _median_ms(lambda i, g=grid, r=reference: r.measure(g), repeats)
+        figures[f"content_live_ms_{side * side}"] = _median_ms(
+            lambda i, g=grid, r=reference: r.measure(g, LIVE_LOCATIONS), repeats)
+        figures[f"live_frame_ms_{side * side}"] = _live_frame_ms(side, repeats)
     return figures
+
+
+def _live_frame_ms(side: int, repeats: int) -> float:
+    """One live frame as the app makes it (`app.engine.make_frame`, then the page's pictures): a warm t-SNE update
+    of LIVE_WARM_ITERS steps aligned to the teacher's islands, the island metrics against the teacher, the content
+    figures on at most LIVE_LOCATIONS locations, and the islands and colour pictures enlarged and PNG-encoded."""
+    import io
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from .content import ContentReference
+
+    config = replace(ProjectionConfig(), warm_iters=LIVE_WARM_ITERS)
+    teacher = synthetic_grid(side, seed=3)
+    aligned_to = project(teacher, ProjectionConfig())
+    previous = project(synthetic_grid(side), ProjectionConfig())
+    reference = ContentReference((side, side), teacher)
+    rng = np.random.default_rng(2)
+    frames = [synthetic_grid(side) + 0.05 * rng.normal(size=teacher.shape).astype(np.float32)
+              for _ in range(repeats + 1)]
+    k = max(1, 256 // side)
+
+    def frame(i: int) -> None:
+        grid = frames[i]
+        projection = project(grid, config, previous, align_to=aligned_to)
+        island_metrics(grid, teacher)
+        reference.measure(grid, LIVE_LOCATIONS)
+        for picture in (projection.image, projection.image[::-1]):  # the islands and the colours, 256 px each
+            big = np.repeat(np.repeat((np.asarray(picture) * 255).astype(np.uint8), k, axis=0), k, axis=1)
+            Image.fromarray(big).save(io.BytesIO(), format="PNG")
+
+    return _median_ms(frame, repeats)
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from apm.asynchronous import Decoder
-from apm.content import ContentReference, resize_grid
+from apm.content import LIVE_LOCATIONS, ContentReference, resize_grid
 from apm.errors import APMError, InputError
 from apm.images import downsample_rgb
 from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
-from apm.islands import Projection, island_metrics, project
+from apm.islands import LIVE_WARM_ITERS, Projection, island_metrics, project
 from apm.live import LiveRun
 from apm.recipes import FILE_TEACHER, Experiment
 from apm.teachers import TeacherOutput, create_teacher, teacher_spec
@@ -36,8 +36,6 @@ from .settings import LIMITS, TEACHER_CHOICES
 log = logging.getLogger("apm.app")
 
 QUICK_FIT = {"early_exaggeration_iters": 25, "full_iters": 25}  # the first live frame: a short t-SNE (the next frames go on converging it)
-LIVE_WARM_ITERS = 5  # t-SNE steps per live frame: the embedding keeps converging over the frames
-LIVE_CONTENT_LOCATIONS = 256  # a live frame's content figures read at most this many locations (a 16 x 16 subgrid)
 
 
 # the GPU hook and the one teacher path
@@ -207,7 +205,7 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
         labels = zero_shot.zero_shot(snap.global_vector, record.labels, top_k=min(5, len(record.labels)))
     content = None
     if record.content_ref is not None:  # live frames of a large grid: an even subgrid (the final frame: all of it)
-        content = record.content_ref.measure(snap.features, None if final else LIVE_CONTENT_LOCATIONS)
+        content = record.content_ref.measure(snap.features, None if final else LIVE_LOCATIONS)
     return Frame(
         step=snap.step, elapsed_s=snap.elapsed_s, feat_loss=snap.feat_loss, rgb_loss=snap.rgb_loss,
         features=snap.features.astype(np.float16), rgb=snap.rgb, trigger_column=snap.trigger_column,

@@ -54,6 +54,7 @@ def test_with_native_bf16_both_precisions_are_timed(monkeypatch):
     assert spy.matmuls == [torch.float32, torch.bfloat16]
     assert out["matmul_gflops_bf16"][1] == "bf16" and out["cpu_preset_steps_per_s"][1] == "bf16"
     assert out["cpu_preset_fp32_steps_per_s"][1] == "fp32" and spy.steps[-1] == "fp32"
+    assert {"cpu_preset_g32_steps_per_s", "cpu_preset_g32_peak_fraction", "paper_preset_peak_fraction"} <= set(out)
 
 
 def test_the_cpu_flag_is_read_not_assumed(tmp_path, monkeypatch):
