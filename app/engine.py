@@ -210,7 +210,7 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
         step=snap.step, elapsed_s=snap.elapsed_s, feat_loss=snap.feat_loss, rgb_loss=snap.rgb_loss,
         features=snap.features.astype(np.float16), rgb=snap.rgb, trigger_column=snap.trigger_column,
         conv_filter=snap.conv_filter, projection=projection, metrics=metrics, global_vector=snap.global_vector,
-        apm_labels=labels, content=content,
+        apm_labels=labels, content=content, final=final,
     )
 
 

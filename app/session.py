@@ -51,6 +51,7 @@ class Frame:
     global_vector: np.ndarray | None = None  # (d_g,) the APM's global prediction, when it has a global head
     apm_labels: list[tuple[str, float]] | None = None  # zero-shot top-5 of the APM's global vector
     content: ContentMetrics | None = None  # what its islands rest on (CKA to the teacher and to the position, ...)
+    final: bool = False  # a run's last frame: a full fit, every figure on every location
 
 
 @dataclass

@@ -523,10 +523,15 @@ def test_the_grid_setting_reaches_the_teacher_and_the_apm():
     assert record.grid_shape == (24, 24) and record.teacher_grid.shape[:2] == (24, 24)
     assert record.live.run.model.config.grid == (24, 24) and record.experiment.grid == 24
     assert stream[-1]["islands-image"].shape == (240, 240, 3) and not is_error(stream[-1]["status"])
+    # live frames measure the content on an even subgrid (144 of 576 locations); the final frame on all of them
+    assert record.frames[-1].final and record.frames[-1].content.locations is None
+    assert all(f.content.locations == 144 for f in record.frames[:-1]) and len(record.frames) >= 2
+    assert "live:" not in plain(stream[-1]["content-readout"]) and "live:" in plain(stream[0]["content-readout"])
     times = {}
     for grid in ("auto", "16", "32"):
         exp = Controls.read(dict(zip(("teacher", "grid"), ("dinov2", grid)))).experiment
-        times[grid] = float(re.search(r"about (\d+)", expected_markdown(exp)).group(1))
+        value, unit = re.search(r"about ([\d.]+) (s|min|h)", expected_markdown(exp)).groups()
+        times[grid] = float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
     assert times["auto"] == times["16"] < times["32"]
     mvit = run_islands(request, example("face"), steps=20, teacher="mvit", layer=0, grid="32")[0]
     assert is_error(mvit["status"]) and "MViTv2-S takes 224 px" in plain(mvit["status"])

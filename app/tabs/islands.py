@@ -374,8 +374,8 @@ class IslandsTab(Tab):
                 if session.superseded(prepared.run_id):
                     continue  # a newer run owns the page: nothing more of this one reaches it (the engine still
                     # stops and joins its training, as for any run)
-                if record.live.finished:
-                    break  # the final frame: sent once, below, with how the run ended
+                if frame.final:
+                    break  # the final frame (a full fit): sent once, below, with how the run ended
                 slow = time.monotonic() - last_slow >= SLOW_PANELS_EVERY_S
                 if slow:
                     last_slow = time.monotonic()
