@@ -1,5 +1,5 @@
 """The paper's single-token experiment, faithful to the official code, with the real DINOv2-S: `name value` lines,
-a results.json and one picture per run.
+a results-VARIANTS.json and one picture per run.
 
     python scripts/single_token_experiment.py [--images flower_photo china_photo] [--variants faithful rgb]
                                               [--steps 1200] [--out docs/single-token]
@@ -11,8 +11,9 @@ wide for DINOv2-S's CLS), trained as `faithful_train_config` says, on one exampl
 (CKA to the teacher's grid and to the APM's own location code, islands ARI, spread). At the end: the islands in
 the official view (a 1D t-SNE at perplexity 3, random start, min-max colours) beside the teacher's, and the CKA
 between the final grids of every two images of one variant (islands that come from the image differ between
-images). Variants: `faithful` (the official recipe), `rgb` (plus the RGB loss, weight 1), `constant` (no StepLR:
-Adam at 1e-4 all along), `layer6` (the CLS token of block 6).
+images). Variants: `faithful` (the official recipe, bf16 autocast where the CPU has it natively), `rgb` (plus the
+RGB loss, weight 1), `constant` (no StepLR: Adam at 1e-4 all along), `layer6` (the CLS token of block 6), `fp32`
+(no autocast: how far the loss falls when rounding does not stop it), `rgb-constant` (the RGB loss and no StepLR).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ VARIANTS = {  # name -> (train config changes, teacher layer)
     "rgb": ({"rgb_weight": 1.0}, None),
     "constant": ({"lr_decay_every": None}, None),
     "layer6": ({}, 6),
+    "fp32": ({"precision": "fp32"}, None),
+    "rgb-constant": ({"rgb_weight": 1.0, "lr_decay_every": None}, None),
 }
 
 
@@ -117,8 +120,9 @@ def main() -> None:
                 results["between"][f"{variant}/{stems[a]}~{stems[b]}"] = cka
                 emit(f"{variant}_{stems[a]}_vs_{stems[b]}_cka", cka)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"# wrote {out / 'results.json'} and the pictures in {out}")
+    name = f"results-{'-'.join(args.variants)}.json"
+    (out / name).write_text(json.dumps(results, indent=1))
+    print(f"# wrote {out / name} and the pictures in {out}")
 
 
 if __name__ == "__main__":
