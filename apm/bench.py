@@ -24,24 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .cost import median_seconds
 from .device import cpu_has_fast_bf16, precision_name, resolve_device
 from .train import OverfitRun, TrainConfig
 
 
-def _median_s(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / _median_s(lambda: a @ b, repeats) / 1e9
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
 
 
 def _synthetic(h: int, w: int, d: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
