@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
+from apm.env import server_niceness
 from apm.live import prioritise_training, serve_single_threaded
 from app.ui import CSS, MAX_QUEUE, build_demo
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 # training processes (forked from a helper thread started here) run before the web server's threads on 2 cores
-prioritise_training()
+prioritise_training(server_niceness())
 # the server's own torch work on one thread: training processes get the cores, and OpenMP stays fast in them
 serve_single_threaded()
 

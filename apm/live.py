@@ -456,7 +456,7 @@ def _pin_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def prioritise_training(niceness: int = 10) -> bool:
+def prioritise_training(niceness: int = 7) -> bool:
     """Let training processes run before this thread and every thread it starts later (a web server).
 
     Starts the forking thread at today's priority, then lowers the calling thread's priority (Linux niceness is

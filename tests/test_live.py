@@ -130,3 +130,13 @@ def test_thin_keeps_first_and_last_and_always_ends():
 def test_the_process_backend_needs_a_cpu_run(image, target):
     with pytest.raises(ValueError, match="backend"):
         LiveRun(make_run(image, target), backend="gpu")
+
+
+def test_the_servers_niceness_is_a_setting(monkeypatch):
+    from apm.env import SERVER_NICENESS, server_niceness
+
+    monkeypatch.delenv("APM_SERVER_NICENESS", raising=False)
+    assert server_niceness() == SERVER_NICENESS == 7
+    for raw, expected in (("0", 0), ("12", 12), ("40", 19), ("-3", 0)):
+        monkeypatch.setenv("APM_SERVER_NICENESS", raw)
+        assert server_niceness() == expected
