@@ -221,11 +221,6 @@ class ContentReference:
                 self._prepared[key] = _Prepared(pick(self._code), None if self._target is None else pick(self._target))
             return index, self._prepared[key]
 
-    @property
-    def k(self) -> int | None:
-        """Islands the grids are cut into for the ARI (from the teacher's grid, all its locations)."""
-        return self._at(None)[1].k
-
     def measure(self, features: np.ndarray, max_locations: int | None = None) -> ContentMetrics:
         """The content figures of one (h, w, d) grid of these locations (of an even subgrid of at most
         `max_locations` of them, when given and smaller than the grid)."""
