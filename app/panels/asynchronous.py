@@ -243,13 +243,14 @@ class AsynchronousPanel(Panel):
         run_id = session.islands.run.run_id
         parts = list(decoding.decoder.stream(locations, size))
         every = max(1, -(-len(parts) // FILL_FRAMES))
+        shown, done = decoding.partial, 0  # each picture adds only the chunks since the last one
         for k in range(every, len(parts), every):
             if session.islands.run is None or session.islands.run.run_id != run_id:
                 return  # a new run took the page
-            shown = replace(decoding, partial=decoding.partial.add(parts[:k]))
-            yield {self.grid: picture(shown, colour)}
+            shown, done = shown.add(parts[done:k]), k
+            yield {self.grid: picture(replace(decoding, partial=shown), colour)}
             time.sleep(FILL_PAUSE_S)
-        decoding = replace(decoding, partial=decoding.partial.add(parts))
+        decoding = replace(decoding, partial=shown.add(parts[done:]))
         session.islands.decoding = decoding
         yield {self.grid: picture(decoding, colour), self.summary: readout(decoding, what)}
 
