@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_tensors, save_tensors
 from .data import CachedImages, CacheKey, FeatureCache, list_images, split
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, keep_freed_memory, resolve_device
 from .errors import InputError
 from .io import save_json
 from .model import APM, MODEL_PRESETS, model_config_for
@@ -230,6 +230,7 @@ def fit(
 ) -> FitResult:
     """Train one APM over every image in `images_dir`; checkpoints and logs go to `out`."""
     config.validate()
+    keep_freed_memory()  # no page faults on every step's re-allocated tensors
     d = _init_distributed(config.device)
     out = Path(out)
     device = _device(config.device, d)

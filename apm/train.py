@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, keep_freed_memory, resolve_device
 from .errors import InputError
 from .images import downsample_rgb, image_to_tensor
 from .model import APM, ModelConfig, model_config_for
@@ -280,6 +280,7 @@ class OverfitRun:
 
     def _train(self) -> Iterator[Snapshot]:
         cfg = self.config
+        keep_freed_memory()  # no page faults on every step's re-allocated tensors
         start = time.perf_counter()
         for step in range(self.steps_done + 1, cfg.steps + 1):
             lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used

@@ -184,3 +184,12 @@ def test_bad_train_config():
         OverfitRun(noise_image(), smooth_target(), TrainConfig(steps=0), TINY)
     with pytest.raises(InputError, match="learning rate"):
         OverfitRun(noise_image(), smooth_target(), TrainConfig(lr=float("nan")), TINY)
+
+
+def test_training_keeps_freed_memory_for_reuse():
+    """Every training loop asks glibc to keep freed tensors' memory (no page faults on each step's tensors)."""
+    import platform
+
+    from apm.device import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
