@@ -10,6 +10,9 @@ trained in bf16 (emulated bf16 on an AVX2 CPU is far slower than fp32 and would 
 Each training figure ends with `# fp32` or `# bf16`: the precision it used. Peak fractions are achieved
 FLOP/s of a full training step (forward and backward, counted by `APM.flops_per_step` as implemented) over
 the measured plain `torch.matmul` throughput of that precision. Figures are medians over repeats.
+`official_step_s`: one training step of the official model.py (`apm.official.OfficialModel`: fp32, chunks of
+512, torch's Adam) on one 448 px image; `paper_vs_official_step` is it over `paper_preset_step_s`, and
+`paper_vs_official_ceiling` the same ratio with both steps' counted FLOPs at their precision's matmul peak.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .cost import median_seconds
@@ -84,9 +88,46 @@ def training_figures(emit: Emit) -> None:
             emit("paper_preset_step_s", seconds, precision)
         emit(f"{name}_peak_fraction", fraction, precision)
         emit(f"{name}_gflops", run.model.flops_per_step() / seconds / 1e9, precision)
+        if preset == "paper":
+            paper_seconds, paper_flops, paper_peak = seconds, run.model.flops_per_step(), peak
     if bf16 is not None:  # with auto = bf16 above, the fp32 rate is the comparison
         seconds, _ = step_seconds("cpu", (16, 16), 384, "fp32", 40)
         emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds, "fp32")
+
+    # the official model.py's training step on the same image, as its script runs it (fp32, chunks of 512, Adam)
+    official_seconds, official_flops = official_step(steps=3)
+    emit("official_step_s", official_seconds, "fp32")
+    emit("paper_vs_official_step", official_seconds / paper_seconds)
+    # what the ratio would be with both steps at their precision's measured matmul peak: the most it can reach
+    emit("paper_vs_official_ceiling", (official_flops / fp32) / (paper_flops / paper_peak))
+
+
+def official_step(steps: int = 3) -> tuple[float, int]:
+    """Median seconds and FLOPs of one training step of the official model (`apm.official.OfficialModel`):
+    one 448 px image, feature and colour MSE, torch's Adam at 1e-4 with its defaults, fp32."""
+    from .cost import count_flops
+    from .official import HIDDEN, OfficialModel
+
+    torch.manual_seed(0)
+    model = OfficialModel(chunk=512)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    image = torch.rand(1, 3, 448, 448)
+    target, colours = torch.randn(1, 1024, HIDDEN), torch.rand(1, 1024, 3)
+
+    def step() -> None:
+        features, rgb = model(image)
+        loss = F.mse_loss(features, target) + F.mse_loss(rgb, colours)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def forward_backward() -> None:
+        features, rgb = model(image)
+        (F.mse_loss(features, target) + F.mse_loss(rgb, colours)).backward()
+
+    flops = count_flops(forward_backward)
+    model.zero_grad(set_to_none=True)
+    return median_seconds(step, repeats=steps, warmup=1), flops
 
 
 def quality_figures(emit: Emit) -> None:

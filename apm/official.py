@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import InputError
 from .model import APM, MODEL_PRESETS, official_positional_code, sincos_2d
@@ -131,3 +133,45 @@ def convert_official(path: str | Path, out: str | Path) -> APM:
     apm.save_pretrained(out, meta={"source": "official APM checkpoint", "converted_from": Path(path).name,
                                    "input": "RGB in [0, 1] at 448 x 448; min-max scaled inside the model"})
     return apm.eval()
+
+
+class OfficialModel(nn.Module):
+    """The official dense APM as its training script runs it: the yardstick `apm.bench` times a step against.
+
+    Written from the published definition (the names and shapes are `OFFICIAL_SHAPES`, so `convert_state` reads
+    its `state_dict`): every location's query is the materialised [column, code] row, pushed through `fc1` whole,
+    in chunks of `chunk` locations (its training script: 512), fp32. `images` are (B, 3, 448, 448) as the
+    official scripts feed them (BGR, min-max scaled); returns features (B, 1024, 1024) and colours (B, 1024, 3).
+    """
+
+    def __init__(self, chunk: int = 512):
+        super().__init__()
+        self.chunk = int(chunk)
+        self.conv1 = nn.Conv2d(3, 1, kernel_size=14, stride=14)
+        widths = {"fc1": (2 * HIDDEN, 4096), "fc2": (4096, 4096), "fc3": (4096, 4096), "fc4": (4096, 2048),
+                  "fc5": (2048, HIDDEN), "feat_proj_head": (HIDDEN, HIDDEN), "rgb_head_1": (3 * HIDDEN, 256),
+                  "rgb_head_2": (256, 256), "rgb_head_3": (256, 3)}
+        for name, (n_in, n_out) in widths.items():
+            setattr(self, name, nn.Linear(n_in, n_out))
+        code = official_positional_code(HIDDEN, *GRID).float()  # (n, 1024): location-major, the official channel order
+        self.register_buffer("code", code, persistent=False)
+
+    def _decode(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = queries  # (m, 2048)
+        for name in ("fc1", "fc2", "fc3", "fc4", "fc5"):
+            x = F.relu(getattr(self, name)(x))
+        features = self.feat_proj_head(x)  # (m, 1024)
+        rgb = F.relu(self.rgb_head_1(torch.cat([features, queries], dim=1)))
+        rgb = F.relu(self.rgb_head_3(F.relu(self.rgb_head_2(rgb))))  # (m, 3)
+        return features, rgb
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = images.shape[0]
+        column = self.conv1(images).flatten(1)  # (B, 1024)
+        n = self.code.shape[0]
+        queries = torch.cat([column[:, None, :].expand(B, n, -1), self.code[None].expand(B, n, -1)], dim=2)
+        queries = queries.reshape(B * n, 2 * HIDDEN)  # (B n, 2048), every row materialised
+        parts = [self._decode(queries[k:k + self.chunk]) for k in range(0, B * n, self.chunk)]
+        features = torch.cat([f for f, _ in parts]).reshape(B, n, HIDDEN)
+        rgb = torch.cat([c for _, c in parts]).reshape(B, n, 3)
+        return features, rgb

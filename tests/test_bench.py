@@ -34,6 +34,7 @@ def figures(monkeypatch, native: bool) -> tuple[dict, Spy]:
     monkeypatch.setattr(bench, "matmul_gflops", spy.matmul)
     monkeypatch.setattr(bench, "step_seconds", spy.step)
     monkeypatch.setattr(bench, "resolve_device", lambda _: torch.device("cpu"))
+    monkeypatch.setattr(bench, "official_step", lambda steps=3: (2.0, 4 * 10**11))
     out: dict = {}
     bench.training_figures(lambda name, value, precision=None: out.__setitem__(name, (value, precision)))
     return out, spy
@@ -55,6 +56,22 @@ def test_with_native_bf16_both_precisions_are_timed(monkeypatch):
     assert out["matmul_gflops_bf16"][1] == "bf16" and out["cpu_preset_steps_per_s"][1] == "bf16"
     assert out["cpu_preset_fp32_steps_per_s"][1] == "fp32" and spy.steps[-1] == "fp32"
     assert {"cpu_preset_g32_steps_per_s", "cpu_preset_g32_peak_fraction", "paper_preset_peak_fraction"} <= set(out)
+    assert out["paper_vs_official_step"][0] == 2.0 / 0.01  # the official step over the paper preset's
+    paper_flops = out["paper_preset_gflops"][0] * 0.01 * 1e9
+    # the ceiling: both steps' FLOPs at their precision's peak (the spy's matmuls run at 100 GFLOP/s in both)
+    assert abs(out["paper_vs_official_ceiling"][0] - 4 * 10**11 / paper_flops) < 1e-9
+
+
+def test_the_official_step_is_the_official_models_work():
+    """One timed step of the official model: its FLOPs are forward plus backward of every layer, as published."""
+    from apm.official import OFFICIAL_SHAPES
+
+    seconds, flops = bench.official_step(steps=1)
+    linear = [shape for name, shape in OFFICIAL_SHAPES.items() if name.endswith(".weight") and len(shape) == 2]
+    macs = 1024 * sum(a * b for a, b in linear)  # per image: 1024 locations through every layer
+    conv = 1024 * 3 * 14 * 14  # the column filter, once per location of the grid
+    assert seconds > 0
+    assert abs(flops - (6 * macs + 4 * conv)) / flops < 1e-3  # forward, input and weight gradients
 
 
 def test_the_cpu_flag_is_read_not_assumed(tmp_path, monkeypatch):

@@ -115,3 +115,19 @@ def test_islands_of_the_converted_checkpoint(tmp_path, capsys):
                  "--out", str(tmp_path / "isl")]) == 0
     assert np.load(tmp_path / "isl" / "features.npy").shape == (32, 32, 1024)
     assert list(np.load(tmp_path / "isl" / "islands.npz")["grid_shape"]) == [32, 32]
+
+
+def test_the_official_model_as_timed_computes_the_official_forward():
+    """`OfficialModel` (the bench's yardstick) is the published computation: chunked, with its own names."""
+    from apm.official import OfficialModel
+
+    state = official_state(3)
+    model = OfficialModel(chunk=300)  # a chunk that does not divide 1024: the last one is short
+    model.load_state_dict(state, strict=True)
+    bgr_scaled = torch.rand(1, 3, 448, 448, generator=torch.Generator().manual_seed(4))
+    feat, rgb = official_predict(state, bgr_scaled)
+    with torch.no_grad():
+        ours_feat, ours_rgb = model(bgr_scaled)
+    assert ours_feat.shape == (1, 1024, 1024) and ours_rgb.shape == (1, 1024, 3)
+    np.testing.assert_allclose(ours_feat[0].numpy(), feat.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours_rgb[0].numpy(), rgb.numpy(), atol=1e-5, rtol=0)
