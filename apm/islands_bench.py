@@ -22,6 +22,7 @@ from .islands import (
     island_metrics,
     pca_colours,
     project,
+    squared_distances,
 )
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,8 @@ def islands_figures(repeats: int = REPEATS) -> dict[str, float]:
 
 
 def _live_frame_ms(side: int, repeats: int) -> float:
-    """One live frame as the app makes it (`app.engine.make_frame`, then the page's pictures): a warm t-SNE update
-    of LIVE_WARM_ITERS steps aligned to the teacher's islands, the island metrics against the teacher, the content
+    """One live frame as the app makes it (`app.engine.make_frame`, then the page's pictures): the locations' distances
+    (once), a warm t-SNE update of LIVE_WARM_ITERS steps aligned to the teacher's islands, the island metrics against the teacher, the content
     figures on at most LIVE_LOCATIONS locations, and the islands and colour pictures enlarged and PNG-encoded."""
     import io
     from dataclasses import replace
@@ -117,8 +118,9 @@ def _live_frame_ms(side: int, repeats: int) -> float:
 
     def frame(i: int) -> None:
         grid = frames[i]
-        projection = project(grid, config, previous, align_to=aligned_to)
-        island_metrics(grid, teacher)
+        distances = squared_distances(grid)
+        projection = project(grid, config, previous, align_to=aligned_to, distances=distances)
+        island_metrics(grid, teacher, distances=distances)
         reference.measure(grid, LIVE_LOCATIONS)
         for picture in (projection.image, projection.image[::-1]):  # the islands and the colours, 256 px each
             big = np.repeat(np.repeat((np.asarray(picture) * 255).astype(np.uint8), k, axis=0), k, axis=1)

@@ -23,7 +23,7 @@ from apm.content import LIVE_LOCATIONS, ContentReference, resize_grid
 from apm.errors import APMError, InputError
 from apm.images import downsample_rgb
 from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
-from apm.islands import LIVE_WARM_ITERS, Projection, island_metrics, project
+from apm.islands import LIVE_WARM_ITERS, Projection, island_metrics, project, squared_distances
 from apm.live import LiveRun
 from apm.recipes import FILE_TEACHER, Experiment
 from apm.teachers import TeacherOutput, create_teacher, teacher_spec
@@ -198,8 +198,10 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
         if previous is None:
             config = replace(config, **{k: min(v, getattr(config, k)) for k, v in QUICK_FIT.items()})
     align = record.teacher_projection if view.comparable else None
-    projection = project(snap.features, config, previous, full_fit=final, align_to=align)
-    metrics = island_metrics(snap.features, record.teacher_grid)
+    distances = squared_distances(snap.features)  # one (n, n) product: the islands' clusters, and the t-SNE's
+    shared = distances if config.metric == "cosine" else None  # neighbours when it compares by cosine too
+    projection = project(snap.features, config, previous, full_fit=final, align_to=align, distances=shared)
+    metrics = island_metrics(snap.features, record.teacher_grid, distances=distances)
     labels = None
     if zero_shot is not None and snap.global_vector is not None and snap.global_vector.shape[-1] == zero_shot.info.global_dim:
         labels = zero_shot.zero_shot(snap.global_vector, record.labels, top_k=min(5, len(record.labels)))

@@ -327,6 +327,74 @@ def test_blas_thread_limit_is_restored(clustered):
     assert before == after
 
 
+def test_perplexity_search_reaches_the_perplexity_on_every_row():
+    """Each row of P_{j|i} sums to 1 and has entropy log(perplexity), also where the neighbours' distances are
+    nearly equal (high-dimensional noise); where openTSNE's own search converges, the two agree."""
+    from openTSNE import _tsne
+
+    from apm.islands import _knn, conditional_affinities, squared_distances
+
+    rng = np.random.default_rng(0)
+    for grid in (grid_from_labels(voronoi_labels(16, 16, 6), noise=0.3, d=64),  # parts
+                 rng.normal(size=(16, 16, 384)).astype(np.float32)):  # pure noise: distances within a few percent
+        idx, dist = _knn(None, 45, squared_distances(grid))
+        p = conditional_affinities(dist, 15.0)
+        assert p.shape == (256, 45) and np.all(p >= 0)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-12)
+        entropy = -np.sum(p * np.log(np.maximum(p, 1e-300)), axis=1)
+        np.testing.assert_allclose(np.exp(entropy), 15.0, rtol=1e-6)
+        ref = np.asarray(_tsne.compute_gaussian_perplexity(np.asarray(dist, dtype=float), np.array([15.0]),
+                                                            num_threads=1))
+        ref_entropy = -np.sum(ref * np.log(np.maximum(ref, 1e-300)), axis=1)
+        converged = np.abs(np.exp(ref_entropy) - 15.0) < 1e-4
+        if grid.shape[-1] == 64:  # parts: openTSNE converges on most rows, and there the two agree
+            assert converged.sum() > 200
+            np.testing.assert_allclose(p[converged], ref[converged], atol=1e-5)
+        else:  # noise: openTSNE's search stops short of the perplexity on most rows
+            assert converged.sum() < 128
+
+
+def test_joint_affinities_are_symmetric_and_match_opentsne():
+    from openTSNE import affinity
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    from apm.islands import _knn, joint_affinities, squared_distances
+
+    grid = grid_from_labels(voronoi_labels(12, 12, 4), noise=1.0)
+    idx, dist = _knn(None, 30, squared_distances(grid))
+    joint = joint_affinities(idx, dist, 10.0)
+    assert joint.shape == (144, 144) and joint.has_canonical_format
+    dense = joint.toarray()
+    assert abs(dense.sum() - 1.0) < 1e-12 and np.abs(dense - dense.T).max() < 1e-15 and np.all(np.diag(dense) == 0)
+    ref = affinity.PerplexityBasedNN(knn_index=PrecomputedNeighbors(idx, dist), perplexity=10.0).P.toarray()
+    np.testing.assert_allclose(dense, ref, atol=1e-6 * ref.max())
+
+
+def test_shared_distances_change_nothing(clustered):
+    """A live frame forms the distances once for the t-SNE and the islands: the same results as without."""
+    from apm.islands import squared_distances
+
+    grid, _ = clustered
+    x = grid.reshape(-1, D).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    brute = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    shared = squared_distances(grid)
+    assert shared.shape == (144, 144) and shared.dtype == np.float32 and np.all(np.isinf(np.diag(shared)))
+    off = ~np.eye(144, dtype=bool)
+    np.testing.assert_allclose(shared[off], brute[off], atol=1e-5)
+    previous = project(grid, FAST)
+    changed = grid + 0.05 * np.random.default_rng(1).normal(size=grid.shape).astype(np.float32)
+    a = project(changed, FAST, previous)
+    b = project(changed, FAST, previous, distances=squared_distances(changed))
+    np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
+    m1, m2 = island_metrics(changed, grid), island_metrics(changed, grid, distances=squared_distances(changed))
+    assert m1.n_islands == m2.n_islands and np.array_equal(m1.labels, m2.labels)
+    with pytest.raises(InputError, match="distances must be"):
+        project(grid, FAST, distances=np.zeros((3, 3), np.float32))
+    with pytest.raises(InputError, match="metric must be"):
+        squared_distances(grid, "manhattan")
+
+
 def test_exact_neighbours_match_scikit_learn():
     from sklearn.neighbors import NearestNeighbors
 
