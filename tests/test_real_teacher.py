@@ -133,3 +133,35 @@ def test_the_content_figures_tell_dense_islands_from_single_token_ones(tmp_path)
                 assert content["spread"] < 0.1 and content["cka_teacher"] < 0.5, content
     assert linear_cka(grids["dense-distill", "flower"], grids["dense-distill", "china"]) < 0.5
     assert linear_cka(grids["cls-ttt", "flower"], grids["cls-ttt", "china"]) > 0.7  # the same islands for both
+
+
+def test_the_shipped_checkpoint_reads_unseen_scenes_as_its_teacher_does(real_dinov2_weights):
+    """The shipped trained APM, one forward pass, on synthetic scenes it never saw (`scripts/bench_fit.py`'s
+    held-out ones, seed 1): its grid carries the teacher's structure, and its islands find the scenes' wholes
+    nearly as well as the teacher's own islands do (the figures in checkpoints/README.md)."""
+    import sys
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from apm.content import island_labels
+    from apm.fit import predict
+    from apm.model import APM
+
+    sys.path.insert(0, str(EXAMPLES.parent.parent / "scripts"))
+    from make_scenes import labels_at, make_scene
+
+    apm = APM.from_pretrained(EXAMPLES.parent.parent / "checkpoints" / "dinov2-s-l11-imgfocus")
+    teacher = create_teacher("dinov2:imgfocus", layer=apm.meta["layer"], random_weights=False, device="cpu")
+    rng = np.random.default_rng(1)
+    ckas, aris_apm, aris_teacher = [], [], []
+    for _ in range(16):
+        picture, wholes, _ = make_scene(rng)
+        features, _ = predict(apm, picture)  # (16, 16, 384), one pass
+        grid = teacher.encode(picture, use_cache=False).grid
+        truth = labels_at(wholes, 16, 16).ravel()
+        k = len(np.unique(truth))
+        ckas.append(linear_cka(features, grid))
+        aris_apm.append(adjusted_rand_score(truth, island_labels(features, k)))
+        aris_teacher.append(adjusted_rand_score(truth, island_labels(grid, k)))
+    assert np.mean(ckas) >= 0.8, ckas
+    assert np.mean(aris_apm) >= 0.85 * np.mean(aris_teacher), (np.mean(aris_apm), np.mean(aris_teacher))
