@@ -62,11 +62,6 @@ def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     return _cka_grams(_centred_gram(x), _centred_gram(y))
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
 def resize_grid(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """An (h', w', d) grid read at another grid's (h, w) locations (bilinear, half-pixel centres): to compare a
     teacher's grid with an APM's of another size. The same grid when the sizes match."""
@@ -118,19 +113,16 @@ def island_count(grid: np.ndarray) -> int:
 def island_labels(grid: np.ndarray, k: int) -> np.ndarray:
     """(n,) labels of `k` islands: Ward clustering of the unit-normalised features (the same cut for any grid).
 
-    The Euclidean distances between unit rows come from one BLAS product (|a - b|^2 = 2 - 2 a.b): at 1024
-    locations that is a few ms, where scipy's own pairwise loop takes about 60."""
+    The distances come from `apm.islands.squared_distances` (one BLAS product): at 1024 locations that is a few
+    ms, where scipy's own pairwise loop takes about 60."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
-    from .islands import one_blas_thread
+    from .islands import squared_distances
 
-    x = _unit_rows(_rows(grid, "grid")).astype(np.float32)
-    with one_blas_thread():
-        gram = x @ x.T  # (n, n)
-    distances = np.sqrt(np.clip(2.0 - 2.0 * gram.astype(np.float64), 0.0, None))
-    np.fill_diagonal(distances, 0.0)
-    tree = linkage(squareform(distances, checks=False), method="ward")
+    x = _rows(grid, "grid")
+    squared = squared_distances(x, "cosine")  # (n, n), |a - b|^2 between unit rows; the diagonal is skipped below
+    tree = linkage(np.sqrt(squareform(squared, checks=False).astype(np.float64)), method="ward")
     return fcluster(tree, t=int(min(max(k, 2), x.shape[0])), criterion="maxclust")
 
 

@@ -95,8 +95,8 @@ def keep_freed_memory() -> bool:
 
     A training step frees and re-allocates the same large tensors every time (autocast's bf16 copies of the
     weights, the gradients). By default glibc maps each block over 128 KiB to fresh pages and unmaps it when it
-    is freed, so every step pays page faults on all of them. Measured here in one run each: the `paper` preset's
-    step went from 0.95 to 0.85 s. The cost is that the process keeps its peak memory. Called by every training
+    is freed, so every step pays page faults on all of them. Measured here, three runs each: the `paper` preset's
+    step went from about 0.96 to 0.86 s. The cost is that the process keeps its peak memory. Called by every training
     loop (`OverfitRun`, `apm.fit`); once per process. False where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")

@@ -148,11 +148,9 @@ class OfficialModel(nn.Module):
         super().__init__()
         self.chunk = int(chunk)
         self.conv1 = nn.Conv2d(3, 1, kernel_size=14, stride=14)
-        widths = {"fc1": (2 * HIDDEN, 4096), "fc2": (4096, 4096), "fc3": (4096, 4096), "fc4": (4096, 2048),
-                  "fc5": (2048, HIDDEN), "feat_proj_head": (HIDDEN, HIDDEN), "rgb_head_1": (3 * HIDDEN, 256),
-                  "rgb_head_2": (256, 256), "rgb_head_3": (256, 3)}
-        for name, (n_in, n_out) in widths.items():
-            setattr(self, name, nn.Linear(n_in, n_out))
+        for key, shape in OFFICIAL_SHAPES.items():  # every Linear layer, named and shaped as published
+            if key.endswith(".weight") and len(shape) == 2:
+                setattr(self, key.removesuffix(".weight"), nn.Linear(shape[1], shape[0]))
         code = official_positional_code(HIDDEN, *GRID).float()  # (n, 1024): location-major, the official channel order
         self.register_buffer("code", code, persistent=False)
 

@@ -56,15 +56,14 @@ def write_scenes(folder: Path, n: int, seed: int) -> list[np.ndarray]:
 
 
 def ari(features: np.ndarray, wholes: np.ndarray) -> float:
-    from sklearn.cluster import AgglomerativeClustering
+    """Adjusted Rand index of the grid's islands (Ward, as many as the scene has wholes) against the wholes."""
     from sklearn.metrics import adjusted_rand_score
 
-    h, w, d = features.shape
+    from apm.content import island_labels
+
+    h, w, _ = features.shape
     labels = labels_at(wholes, h, w).ravel()
-    x = features.reshape(h * w, d)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    found = AgglomerativeClustering(len(np.unique(labels)), linkage="ward").fit_predict(x)
-    return float(adjusted_rand_score(labels, found))
+    return float(adjusted_rand_score(labels, island_labels(features, len(np.unique(labels)))))
 
 
 def pure_rate(config, batch: int = 16, steps: int = 20) -> float:
