@@ -104,7 +104,7 @@ class Decoder:
     def from_pixels(cls, apm: APM, pixels: torch.Tensor, scale: float | None = None) -> Decoder:
         """pixels: (1, 3, H, W) in [0, 1] at the APM's input size."""
         if scale is None:
-            scale = float((getattr(apm, "meta", None) or {}).get("feature_scale", 1.0))
+            scale = float(apm.meta.get("feature_scale", 1.0))
         with torch.no_grad():
             column = apm.trigger_column(pixels.float()).float()  # (1, column_dim)
         return cls(apm, column, float(scale))

@@ -11,120 +11,41 @@ and `APM.from_pretrained(dir)` are the public entry points; `meta` carries what 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import InputError
-from .io import save_json, write_atomic
-
-FORMAT = "apm"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-_TUPLE_FIELDS = ("grid", "hidden", "rgb_hidden")
+from .io import CONFIG_FILE, WEIGHTS_FILE, load_tensors, read_weights_config, save_tensors  # noqa: F401 - re-exported
+from .io import WEIGHTS_FORMAT as FORMAT  # noqa: F401
+from .io import WEIGHTS_FORMAT_VERSION as FORMAT_VERSION  # noqa: F401
+from .model import APM, ModelConfig
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file, written atomically (tensors made contiguous and moved to the CPU)."""
-    from safetensors.torch import save_file
-
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_atomic(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    return config.to_dict()
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors on the CPU; a damaged file is an `InputError` naming it."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # noqa: BLE001 - the library raises several types for a bad header
-        raise InputError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
-
-
-def config_to_dict(config) -> dict[str, Any]:
-    return asdict(config)
-
-
-def config_from_dict(values: dict[str, Any]):
+def config_from_dict(values: dict[str, Any]) -> ModelConfig:
     """A `ModelConfig` from a config.json's `model` entry (unknown keys are an error: a newer format)."""
-    from .model import ModelConfig
-
-    names = {f.name for f in fields(ModelConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise InputError(f"the checkpoint's config has unknown model fields {unknown}: is it from a newer version?")
-    values = {k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in values.items()}
-    try:
-        config = ModelConfig(**values)
-        config.validate()
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"the checkpoint's model config is invalid: {exc}") from None
-    return config
+    return ModelConfig.from_dict(values)
 
 
-def save_pretrained(model, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write `model` (an `APM`) to `folder`: config.json and model.safetensors."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_tensors(folder / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
-    save_json(folder / CONFIG_FILE, {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": config_to_dict(model.config),
-        "meta": meta or {},
-    })
-    return folder
+def save_pretrained(model: APM, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write `model` to `folder`: config.json and model.safetensors (`APM.save_pretrained`)."""
+    return model.save_pretrained(folder, meta)
 
 
-def read_config(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+def read_config(folder: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     """(ModelConfig, meta) of a checkpoint folder, checked; one clear `InputError` for anything wrong."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"checkpoint folder not found: {folder}")
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"{folder} is not an APM checkpoint: it has no {CONFIG_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("model"), dict):
-        raise InputError(f"{path} is not an APM checkpoint config (no \"format\": \"{FORMAT}\")")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputError(f"{path} has format version {data['format_version']}; this build reads {FORMAT_VERSION}")
-    return config_from_dict(data["model"]), dict(data.get("meta") or {})
+    values, meta = read_weights_config(Path(folder))
+    return ModelConfig.from_dict(values), meta
 
 
-def load_pretrained(folder: str | Path, device: str | torch.device = "cpu"):
-    """The `APM` saved in `folder`, in eval mode on `device`."""
-    from .model import APM
-
-    config, meta = read_config(folder)
-    weights = Path(folder) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise InputError(f"{folder} has a config but no {WEIGHTS_FILE}")
-    state = load_tensors(weights)
-    model = APM(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-        detail = "; ".join(part for part in (
-            f"missing {missing[:3]}" if missing else "",
-            f"unexpected {extra[:3]}" if extra else "",
-            f"shape of {wrong[0]} is {found[wrong[0]]}, the config needs {expected[wrong[0]]}" if wrong else "",
-        ) if part)
-        raise InputError(f"the weights in {weights} do not match its config.json: {detail}")
-    model.load_state_dict(state, strict=True)
-    model.meta = meta
-    return model.to(device).eval()
+def load_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> APM:
+    """The `APM` saved in `folder`, in eval mode on `device` (`APM.from_pretrained`)."""
+    return APM.from_pretrained(folder, device)
 
 
 # where checkpoints come from: a folder, the project's checkpoints/, or a Hugging Face Hub repo

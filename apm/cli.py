@@ -445,7 +445,7 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     colours = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
     scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
     save_png(out / "rgb.png", Image.fromarray(colours).resize((w * scale, h * scale), Image.NEAREST))
-    meta = getattr(apm, "meta", {}) or {}
+    meta = apm.meta
     content, why = None, "the checkpoint names no teacher"
     if meta.get("teacher"):  # the teacher it was distilled from, to say what its islands rest on
         from .errors import WeightsUnavailableError

@@ -35,7 +35,7 @@ def _rows(x: np.ndarray, name: str) -> np.ndarray:
 def _centred_gram(x: np.ndarray) -> np.ndarray:
     """(n, d) -> the (n, n) Gram matrix of the column-centred rows (the cost grows with n, not with d); the
     product in float32, the entries then in float64 for the sums CKA takes over them."""
-    from .islands import one_blas_thread  # every BLAS product of a live frame under the one guard
+    from .threads import one_blas_thread  # every BLAS product of a live frame under the one guard
 
     x = (x - x.mean(axis=0)).astype(np.float32)
     with one_blas_thread():

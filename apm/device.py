@@ -6,8 +6,6 @@ emulates bf16 (AVX2: far slower than fp32). `cpu_has_fast_bf16` reads the CPU's 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 
 import torch
@@ -82,29 +80,3 @@ def measured_gflops() -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * 1024**3 / best / 1e9
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_KEEP_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap (a paper-preset weight is 64 MiB in fp32)
-_KEEP_TRIM_THRESHOLD = (1 << 31) - 1  # and freed heap memory is kept for the next step
-
-
-@functools.lru_cache(maxsize=1)
-def keep_freed_memory() -> bool:
-    """Let this process reuse the memory of freed tensors instead of giving it back to the OS (glibc's mallopt).
-
-    A training step frees and re-allocates the same large tensors every time (autocast's bf16 copies of the
-    weights, the gradients). By default glibc maps each block over 128 KiB to fresh pages and unmaps it when it
-    is freed, so every step pays page faults on all of them. Measured here, three runs each: the `paper` preset's
-    step went from about 0.96 to 0.86 s. The cost is that the process keeps its peak memory. Called by every training
-    loop (`OverfitRun`, `apm.fit`); once per process. False where the C library is not glibc.
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # no mallopt: not glibc (macOS, musl)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM_THRESHOLD))

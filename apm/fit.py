@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_tensors, save_tensors
 from .data import CachedImages, CacheKey, FeatureCache, list_images, split
-from .device import autocast_dtype, keep_freed_memory, resolve_device
+from .device import autocast_dtype, resolve_device
 from .errors import InputError
-from .io import save_json
+from .io import load_tensors, save_json, save_tensors
 from .model import APM, MODEL_PRESETS, model_config_for
+from .threads import keep_freed_memory
 from .train import TRAIN_PRESETS
 
 log = logging.getLogger(__name__)
@@ -423,5 +423,5 @@ def predict(apm: APM, image, device: str | torch.device = "cpu") -> tuple[np.nda
     device = torch.device(device)
     x = image_to_tensor(image, apm.config.image_size)[None].to(device)  # (1, 3, H, W)
     out = apm.to(device).eval()(x)
-    scale = float((getattr(apm, "meta", None) or {}).get("feature_scale", 1.0))
+    scale = float(apm.meta.get("feature_scale", 1.0))
     return out.features[0].float().cpu().numpy() * scale, out.rgb[0].float().cpu().numpy()

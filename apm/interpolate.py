@@ -107,7 +107,7 @@ def walk_trained(apm, images: Sequence[Image.Image], alphas: Sequence[float] | n
     if alphas.ndim != 1 or alphas.size < 2:
         raise InputError("give at least two alphas")
     h, w = apm.config.grid
-    scale = float((getattr(apm, "meta", None) or {}).get("feature_scale", 1.0))
+    scale = float(apm.meta.get("feature_scale", 1.0))
     device = next(apm.parameters()).device
     with torch.no_grad():
         x = torch.stack([image_to_tensor(im, apm.config.image_size) for im in images]).to(device)  # (2, 3, H, W)

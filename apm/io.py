@@ -49,6 +49,65 @@ def _json_default(obj):
     return str(obj)
 
 
+# a weights folder: safetensors tensors and a JSON config (the checkpoint format; `apm.checkpoint` reads it)
+
+WEIGHTS_FORMAT = "apm"
+WEIGHTS_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file, written atomically (tensors made contiguous and moved to the CPU)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    write_atomic(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict:
+    """A safetensors file's tensors on the CPU; a damaged file is an `InputError` naming it."""
+    from safetensors.torch import load_file
+
+    from .errors import InputError
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - the library raises several types for a bad header
+        raise InputError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+def save_weights_folder(folder: Path, model_values: dict, meta: dict | None, tensors: dict) -> Path:
+    """config.json ({"format", "format_version", "model", "meta"}) and model.safetensors in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors(folder / WEIGHTS_FILE, tensors, metadata={"format": WEIGHTS_FORMAT})
+    save_json(folder / CONFIG_FILE, {"format": WEIGHTS_FORMAT, "format_version": WEIGHTS_FORMAT_VERSION,
+                                     "model": model_values, "meta": meta or {}})
+    return folder
+
+
+def read_weights_config(folder: Path) -> tuple[dict, dict]:
+    """(the config's `model` entry, its `meta`) of a weights folder, checked; one clear `InputError`."""
+    from .errors import InputError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"checkpoint folder not found: {folder}")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} is not an APM checkpoint: it has no {CONFIG_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT or not isinstance(data.get("model"), dict):
+        raise InputError(f"{path} is not an APM checkpoint config (no \"format\": \"{WEIGHTS_FORMAT}\")")
+    if int(data.get("format_version", 0)) > WEIGHTS_FORMAT_VERSION:
+        raise InputError(f"{path} has format version {data['format_version']}; this build reads {WEIGHTS_FORMAT_VERSION}")
+    return data["model"], dict(data.get("meta") or {})
+
+
 def save_png(path: Path, image: Image.Image) -> None:
     """A PNG, written atomically."""
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))

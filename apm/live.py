@@ -44,6 +44,7 @@ import torch
 
 from .errors import APMError
 from .model import FoldedState, ModelConfig
+from .threads import lower_priority, serve_single_threaded, training_threads  # noqa: F401 - serve_single_threaded: re-exported
 from .train import OverfitRun, Snapshot
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ class LiveRun:
     # the thread
 
     def _train(self) -> None:
-        threads = self.threads or _TRAIN_THREADS  # (process-wide here: the thread backend is the fallback)
+        threads = self.threads or training_threads()  # (process-wide here: the thread backend is the fallback)
         if threads:
             torch.set_num_threads(threads)
         stream = iter(self.run)
@@ -269,7 +270,7 @@ class LiveRun:
         receiver, sender = _FORK.Pipe(duplex=False)
         _widen(receiver)
         try:
-            threads = self.threads or _TRAIN_THREADS
+            threads = self.threads or training_threads()
             child = _FORKER.start(_child_main, (self.run, sender, self._child_stop, self._child_record, threads))
         except BaseException as exc:  # noqa: BLE001
             self.error, self.stop_reason = exc, "failed"
@@ -421,41 +422,6 @@ class _Forker:
 _FORKER = _Forker()
 
 
-_TRAIN_THREADS: int | None = None  # torch threads of training processes, when the server keeps one for itself
-
-
-def serve_single_threaded() -> int:
-    """Run this process's own torch work on one thread and give training processes the cores instead.
-
-    On a 2-core machine, GNU OpenMP slows every parallel region once more threads have OpenMP teams than there
-    are cores: it stops spinning and sleeps between regions. Teams are made by each thread that runs torch ops
-    (a server's workers encoding with the teacher) and a forked child inherits the count, so a training process
-    forked from such a server trained about 20% slower than the same process on its own (measured: 45 against
-    55 steps/s for the `cpu` preset). With the server's torch on one thread (no teams at all), each training
-    process (the process backend) sets the thread count it had before, and trains at full speed. Returns it.
-    """
-    global _TRAIN_THREADS, _BLAS_PIN
-    if _TRAIN_THREADS is None:
-        _TRAIN_THREADS = torch.get_num_threads()
-        torch.set_num_threads(1)
-        _BLAS_PIN = _pin_blas()
-    return _TRAIN_THREADS
-
-
-_BLAS_PIN = None  # keeps numpy's BLAS on one thread for the server's lifetime
-
-
-def _pin_blas():
-    """numpy's BLAS on one thread for good. Its products in a server (projections, agreement maps) are small,
-    and a BLAS thread pool that is resized while another thread multiplies (or that a fork shuts down under a
-    running product) can spin forever: with one thread there is no pool to resize."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn depends on it
-        return None
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def prioritise_training(niceness: int = 7) -> bool:
     """Let training processes run before this thread and every thread it starts later (a web server).
 
@@ -467,8 +433,4 @@ def prioritise_training(niceness: int = 7) -> bool:
     if _FORK is None or not hasattr(os, "nice"):
         return False
     _FORKER.ready()
-    try:
-        os.nice(niceness)
-    except OSError:
-        return False
-    return True
+    return lower_priority(niceness)

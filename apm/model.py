@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .errors import InputError
+from .io import WEIGHTS_FILE, load_tensors, read_weights_config, save_weights_folder
 
 # helpers
 
@@ -142,6 +147,26 @@ class ModelConfig:
             )
 
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """A config from a config.json's `model` entry (unknown keys are an error: a newer format)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"the checkpoint's config has unknown model fields {unknown}: is it from a newer version?")
+        values = {k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in values.items()}
+        try:
+            config = cls(**values)
+            config.validate()
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the checkpoint's model config is invalid: {exc}") from None
+        return config
+
+
+_TUPLE_FIELDS = ("grid", "hidden", "rgb_hidden")
 _CHOICES = {
     "global_head": ("attention", "paper"),
     "init": ("torch", "normal"),
@@ -152,6 +177,21 @@ _CHOICES = {
 
 
 GRID_CHOICES = (16, 24, 32)  # grid sides the app, the CLI and the API offer (32 x 32: the paper's 448 px)
+
+
+def check_grid(value: Any) -> int | None:
+    """A grid setting -> locations a side (None, '', 0 or 'auto': the teacher's own). The one home of this rule:
+    the app's picker, the API, links, the CLI and `Experiment` all read a grid through it."""
+    if value is None or value in ("", 0, "auto"):
+        return None
+    choices = ", ".join(map(str, GRID_CHOICES))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"grid must be one of {choices} locations a side, not {value!r}") from None
+    if not math.isfinite(number) or number != int(number) or int(number) not in GRID_CHOICES:
+        raise InputError(f"grid must be one of {choices} locations a side, not {value!r}")
+    return int(number)
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # fast on 2 CPU cores: a 16 x 16 grid trains at > 60 steps/s and still forms islands
@@ -269,6 +309,7 @@ class APM(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        self.meta: dict[str, Any] = {}  # what it was trained on (teacher id, layer, feature scale); saved with it
         h, w = config.grid
         self.column = Column(config.patch_size, config.column_channels, config.input_scaling)
         self.register_buffer("pos", positional_code(config.pos_code, h, w, config.pos_dim), persistent=False)  # (h*w, p)
@@ -297,20 +338,38 @@ class APM(nn.Module):
                 for param in self.parameters():
                     param.normal_(0.0, 0.01)
 
-    # on disk: safetensors + JSON (apm.checkpoint)
+    # on disk: safetensors + JSON (`apm.io`'s weights folder; `apm.checkpoint` finds folders, the Hub, uploads)
 
-    def save_pretrained(self, folder, meta: dict | None = None):
+    def save_pretrained(self, folder, meta: dict | None = None) -> Path:
         """Write config.json and model.safetensors to `folder` (atomically); returns the folder."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, folder, meta if meta is not None else getattr(self, "meta", None))
+        return save_weights_folder(Path(folder), self.config.to_dict(), meta if meta is not None else self.meta,
+                                   self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> "APM":
+    def from_pretrained(cls, folder, device: str | torch.device = "cpu") -> APM:
         """The APM saved in `folder` (by `save_pretrained`, `apm fit` or `apm convert-official`), in eval mode."""
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(folder, device)
+        values, meta = read_weights_config(Path(folder))
+        config = ModelConfig.from_dict(values)
+        weights = Path(folder) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise InputError(f"{folder} has a config but no {WEIGHTS_FILE}")
+        state = load_tensors(weights)
+        model = cls(config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            missing = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+            detail = "; ".join(part for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {extra[:3]}" if extra else "",
+                f"shape of {wrong[0]} is {found[wrong[0]]}, the config needs {expected[wrong[0]]}" if wrong else "",
+            ) if part)
+            raise InputError(f"the weights in {weights} do not match its config.json: {detail}")
+        model.load_state_dict(state, strict=True)
+        model.meta = meta
+        return model.to(device).eval()
 
     # folded -> unfolded
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .device import autocast_dtype, keep_freed_memory, resolve_device
+from .device import autocast_dtype, resolve_device
 from .errors import InputError
 from .images import downsample_rgb, image_to_tensor
 from .model import APM, ModelConfig, model_config_for
+from .threads import keep_freed_memory
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def load(value: str, session: Session) -> Loaded | None:
             _cache.move_to_end(key)
             return _cache[key]
     apm = APM.from_pretrained(folder)  # a clear InputError for a missing, damaged or mismatched checkpoint
-    meta = dict(getattr(apm, "meta", {}) or {})
+    meta = dict(apm.meta)
     loaded = Loaded(apm, name, meta)
     with _lock:
         _cache[key] = loaded
