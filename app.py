@@ -7,7 +7,7 @@ import os
 
 from apm.env import server_niceness
 from apm.live import prioritise_training, serve_single_threaded
-from app.ui import CSS, MAX_QUEUE, build_demo
+from app.ui import CSS, MAX_QUEUE, MAX_THREADS, build_demo
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 # training processes (forked from a helper thread started here) run before the web server's threads on 2 cores
@@ -28,4 +28,5 @@ if __name__ == "__main__":
         css=CSS,
         max_file_size="25mb",
         show_error=True,
+        max_threads=MAX_THREADS,
     )

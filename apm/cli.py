@@ -20,12 +20,6 @@ import numpy as np
 from .errors import APMError, InputError
 from .io import save_json, save_npz, save_png, write_atomic
 
-# kept in step with apm.recipes / apm.islands (checked by the tests) so that --help needs no torch import
-RECIPE_CHOICES = ("custom", "cls-ttt", "dense-distill", "trained-apm", "teacher-islands")
-LR_SCHEDULE_CHOICES = ("constant", "step")
-PROJECTION_CHOICES = ("paper", "paper1d", "tsne2d", "tsne3d", "pca")
-GRID_CHOICES = (16, 24, 32)
-
 log = logging.getLogger("apm")
 
 EXIT_USAGE = 2
@@ -65,7 +59,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     adv.add_argument("--rgb-weight", type=float, default=None, help="weight of the RGB loss (0: features only)")
     adv.add_argument("--normalize-target", choices=["on", "off"], default=None,
                      help="divide the target by its RMS so losses read as relative errors (default: on)")
-    adv.add_argument("--lr-schedule", choices=list(LR_SCHEDULE_CHOICES), default=None,
+    from .recipes import LR_SCHEDULES
+
+    adv.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default=None,
                      help="constant, or step: x0.1 every 200 steps (the official test-time training)")
     adv.add_argument("--init", choices=["torch", "normal"], default=None,
                      help="torch defaults, or N(0, 0.01) for every weight (the official initialisation)")
@@ -74,14 +70,18 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_grid_arg(p: argparse.ArgumentParser) -> None:
+    from .model import GRID_CHOICES
+
     p.add_argument("--grid", type=int, choices=GRID_CHOICES, default=None,
                    help="locations a side; the teacher's input follows (14 px a location for DINOv2: 224, 336, "
                         "448 px). Default: the teacher's own input size")
 
 
 def _add_projection_args(p: argparse.ArgumentParser) -> None:
+    from .islands import PROJECTIONS
+
     g = p.add_argument_group("islands view")
-    g.add_argument("--projection", choices=list(PROJECTION_CHOICES), default=None,
+    g.add_argument("--projection", choices=list(PROJECTIONS), default=None,
                    help="paper (3D t-SNE, perplexity 3, min-max RGB), paper1d, tsne2d, tsne3d or pca")
     g.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity, 2 to 100 (default: the view's)")
     g.add_argument("--metric", choices=["cosine", "euclidean"], default=None, help="t-SNE distance")
@@ -89,13 +89,16 @@ def _add_projection_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; every choice list is read from its registry (recipes, projections, grids, schedules)."""
+    from .recipes import RECIPES
+
     parser = _Parser(prog="python -m apm", description="Asynchronous Perception Machine: overfit, inspect, interpolate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("overfit", help="overfit a fresh APM on one image against a target")
     p.add_argument("image", help="input image (PNG, JPEG, ...)")
-    p.add_argument("--recipe", choices=list(RECIPE_CHOICES), default="custom",
+    p.add_argument("--recipe", choices=list(RECIPES), default="custom",
                    help="a named experiment that sets every control at once (flags given here still win): "
                         "cls-ttt (islands from CLIP's image embedding alone, paper Fig. 3), dense-distill, custom")
     src = p.add_mutually_exclusive_group()
@@ -285,11 +288,12 @@ def _run_training(run, desc: str):
 
 def cmd_overfit(args: argparse.Namespace) -> int:
     from .images import load_image
-    from .recipes import FILE_TEACHER
+    from .recipes import FILE_TEACHER, RECIPES
     from .train import OverfitRun, Target
 
-    if args.recipe == "teacher-islands":
-        raise InputError("the teacher-islands recipe trains no APM: use `python -m apm islands IMAGE --teacher ...`")
+    recipe = RECIPES[args.recipe]
+    if not recipe.trains:
+        raise InputError(f"the {recipe.name} recipe trains no APM: use `python -m apm islands IMAGE --teacher ...`")
     trained = None
     if args.checkpoint:
         from .checkpoint import resolve_checkpoint
@@ -301,9 +305,9 @@ def cmd_overfit(args: argparse.Namespace) -> int:
             args.teacher = meta["teacher"]
             args.layer = meta.get("layer") if args.layer is None else args.layer
             args.random_weights = args.random_weights or bool(meta.get("random_weights"))
-    elif args.recipe == "trained-apm":
-        raise InputError("the trained-apm recipe starts from a trained APM: give --checkpoint DIR")
-    if args.target is None and args.teacher is None and args.recipe in ("custom", "trained-apm"):
+    elif recipe.needs_checkpoint:
+        raise InputError(f"the {recipe.name} recipe starts from a trained APM: give --checkpoint DIR")
+    if args.target is None and args.teacher is None and not recipe.names_teacher:
         raise InputError("give --teacher NAME or --target FILE (or a --recipe that names a teacher)")
     exp = _experiment(
         args,
@@ -533,31 +537,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def write_run(out: Path, live, target_info: dict, interrupted: bool = False, recipe: dict | None = None,
               content: dict | None = None) -> None:
-    """run.npz (recorded snapshots plus every step's losses) and summary.json (everything needed to rerun it)."""
-    from .io import environment_record
+    """run.npz (recorded snapshots plus every step's losses) and summary.json, through the one run writer."""
+    from . import runs
 
     run, recorded, curve = live.run, live.snapshots, live.history.arrays()
-    arrays = {
-        "step": np.array([s.step for s in recorded], dtype=np.int64),  # (n,)
-        "feat_loss": np.array([s.feat_loss for s in recorded], dtype=np.float32),  # (n,)
-        "rgb_loss": np.array([s.rgb_loss for s in recorded], dtype=np.float32),  # (n,)
-        "features": np.stack([s.features for s in recorded]),  # (n, h, w, d)
-        "rgb": np.stack([s.rgb for s in recorded]),  # (n, h, w, 3)
-        "trigger_column": np.stack([s.trigger_column for s in recorded]),  # (n, column_dim)
-        "curve_step": curve["step"],  # every step
-        "curve_feat_loss": curve["feat_loss"].astype(np.float32),
-        "curve_rgb_loss": curve["rgb_loss"].astype(np.float32),
-        "curve_lr": curve["lr"].astype(np.float32),
-    }
-    if recorded[-1].global_vector is not None:
-        arrays["global_vector"] = np.stack([s.global_vector for s in recorded])
-        arrays["curve_global_loss"] = curve["global_loss"].astype(np.float32)
-    save_npz(out / "run.npz", **arrays)
     last_step, elapsed = int(curve["step"][-1]), max(float(curve["elapsed_s"][-1]), 1e-9)
     folded = run.model.folded_state()
     summary = {
         "recipe": recipe,
-        "config": {"train": asdict(run.config), "model": asdict(run.model_config)},
+        "config": runs.config_record(run.config, run.model_config),
         "target": target_info,
         "seed": run.config.seed,
         "steps_done": last_step,
@@ -574,9 +562,8 @@ def write_run(out: Path, live, target_info: dict, interrupted: bool = False, rec
         "param_bytes": folded.param_bytes,
         "recorded_steps": len(recorded),
         "content": content,  # what the last snapshot's islands rest on (apm.content), None without a teacher grid
-        "environment": environment_record(),
     }
-    save_json(out / "summary.json", summary)
+    runs.write_run(out, runs.run_arrays(recorded, curve), summary)
 
 
 def _content(features: np.ndarray, teacher_grid: np.ndarray | None, positional: np.ndarray | None):

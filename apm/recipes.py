@@ -23,12 +23,25 @@ from typing import Any
 
 from .errors import InputError
 from .islands import PERPLEXITY_RANGE, PROJECTIONS, ProjectionConfig, projection_config
-from .model import GRID_CHOICES, MODEL_PRESETS, ModelConfig
+from .model import MODEL_PRESETS, ModelConfig, check_grid
 from .train import TRAIN_PRESETS, TrainConfig
 
 TARGETS = ("dense", "global", "both")
 LR_SCHEDULES = {"constant": None, "step": (200, 0.1)}  # step: x0.1 every 200 steps (the official TTT)
 FILE_TEACHER = "file"  # the teacher id of "your own features"
+MIN_STEPS = 1  # the fewest training steps a run may ask for (the most: the app's APM_MAX_STEPS)
+
+
+def check_steps(value: Any, most: int | None = None) -> int:
+    """A step count: a whole number from MIN_STEPS up to `most` (the one home of this rule)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"steps must be a number, got {value!r}") from None
+    top = f" and {most}" if most is not None else ""
+    if not math.isfinite(number) or number != int(number) or number < MIN_STEPS or (most is not None and number > most):
+        raise InputError(f"steps must be a whole number between {MIN_STEPS}{top or ' and up'}, got {value!r}")
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,8 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise InputError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(RECIPES)}")
-        if self.grid is not None and self.grid not in GRID_CHOICES:
-            raise InputError(f"grid must be one of {', '.join(map(str, GRID_CHOICES))} locations a side, not {self.grid}")
+        check_grid(self.grid)
+        check_steps(self.steps)
         if self.target not in TARGETS:
             raise InputError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.preset not in MODEL_PRESETS:
@@ -137,12 +150,20 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named experiment: the settings it fixes, and what it shows."""
+    """A named experiment: the settings it fixes, and what it shows. What a recipe does is read from its fields,
+    never from its name: the CLI and the app branch on `trains` and `needs_checkpoint`."""
 
     name: str
     title: str  # one line for pickers
     description: str  # what it reproduces and how to read it
     settings: dict[str, Any]  # `Experiment` fields it sets
+    trains: bool = True  # False: the teacher's own islands, no APM
+    needs_checkpoint: bool = False  # it starts from a trained APM (a checkpoint must be given)
+
+    @property
+    def names_teacher(self) -> bool:
+        """It sets a teacher (else the user must name one, or give a target array)."""
+        return "teacher" in self.settings
 
 
 RECIPES: dict[str, Recipe] = {
@@ -182,15 +203,26 @@ RECIPES: dict[str, Recipe] = {
         "islands appear from one forward pass, with no training. Run then continues training it on this one image "
         "from the trained weights, so you see what the trained model already knew and what one image adds.",
         {"target": "dense", "lr": 1e-4, "steps": 100, "projection": "tsne2d"},
+        needs_checkpoint=True,
     ),
     "teacher-islands": Recipe(
         "teacher-islands", "The teacher's own islands (no APM)",
         "The islands already present in a teacher: MViTv2 is fed the still image repeated along time (a static "
         "image is a boring video) and one block's middle-frame tokens are projected at the block's own "
         "resolution, in the paper's view. Works for DINOv2 and CLIP layers too.",
-        {"teacher": "mvit", "layer": 0, "trains": False, "projection": "paper"},
+        {"teacher": "mvit", "layer": 0, "projection": "paper"},
+        trains=False,
     ),
 }
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add a recipe to the registry (the app's picker, the CLI's --recipe and the API read it from here)."""
+    unknown = sorted(set(recipe.settings) - {f.name for f in fields(Experiment)})
+    if unknown:
+        raise InputError(f"recipe {recipe.name!r} sets unknown setting(s): {', '.join(unknown)}")
+    RECIPES[recipe.name] = recipe
+    return recipe
 
 
 def recipe_settings(name: str) -> dict[str, Any]:
@@ -206,7 +238,8 @@ def experiment(recipe: str = "custom", **changes: Any) -> Experiment:
     unknown = sorted(set(changes) - names)
     if unknown:
         raise InputError(f"unknown setting(s): {', '.join(unknown)}")
-    values = {**RECIPES[recipe].settings, **{k: v for k, v in changes.items() if v is not None}}
+    values = {"trains": RECIPES[recipe].trains, **RECIPES[recipe].settings,
+              **{k: v for k, v in changes.items() if v is not None}}
     return Experiment(recipe=recipe, **values)
 
 

@@ -19,7 +19,7 @@ import gradio as gr
 from apm.env import random_weights_default
 from apm.errors import InputError
 from apm.islands import PERPLEXITY_NOTE, PERPLEXITY_RANGE
-from apm.model import GRID_CHOICES
+from apm.model import GRID_CHOICES, check_grid
 from apm.recipes import RECIPES, Experiment
 from apm.teachers import teacher_spec
 from apm.teachers.clip import clean_labels
@@ -30,12 +30,13 @@ from .settings import (
     LIMITS,
     PRESET_CHOICES,
     PROJECTION_CHOICES,
-    RECIPE_CHOICES,
     SCHEDULE_CHOICES,
     TARGET_CHOICES,
-    TEACHER_CHOICES,
     choice,
     number,
+    read_steps,
+    recipe_choices,
+    teacher_choices,
     whole,
 )
 from .widgets import layer_label, layer_update
@@ -57,13 +58,8 @@ GRID_NOTE = "the teacher's input follows: 14 px a location for DINOv2 (224, 336,
 
 
 def read_grid(value: Any) -> int | None:
-    """The grid picker's value -> locations a side (None: the teacher's own input size)."""
-    if value in (None, "", GRID_AUTO):
-        return None
-    side = whole(value, "grid", 16, 1, 4096)
-    if side not in GRID_CHOICES:
-        raise InputError(f"grid must be one of {', '.join(map(str, GRID_CHOICES))} locations a side, not {side}")
-    return side
+    """The grid picker's value -> locations a side (None: the teacher's own input size); the library's rule."""
+    return check_grid(value)
 
 
 def _grid_value(exp: Experiment) -> str:
@@ -107,14 +103,14 @@ def _layer_slider(exp: Experiment) -> gr.Slider:
 
 
 CONTROLS: tuple[Control, ...] = (  # the private endpoints' input order
-    Control("recipe", "recipe", lambda e: gr.Dropdown(RECIPE_CHOICES, value=e.recipe, label="Experiment", elem_id="recipe"),
-            _pick(RECIPE_CHOICES, "experiment", "custom"), _field("recipe")),
+    Control("recipe", "recipe", lambda e: gr.Dropdown(recipe_choices(), value=e.recipe, label="Experiment", elem_id="recipe"),
+            _pick(recipe_choices(), "experiment", "custom"), _field("recipe")),
     Control("image", "input-image",
             lambda e: gr.Image(label="Image", type="filepath", sources=["upload", "clipboard", "webcam"],
                                elem_id="input-image", height=220),
             lambda value: value),
-    Control("teacher", "teacher", lambda e: gr.Dropdown(TEACHER_CHOICES, value=e.teacher, label="Teacher", elem_id="teacher"),
-            _pick(TEACHER_CHOICES, "teacher"), _field("teacher")),
+    Control("teacher", "teacher", lambda e: gr.Dropdown(teacher_choices(), value=e.teacher, label="Teacher", elem_id="teacher"),
+            _pick(teacher_choices(), "teacher"), _field("teacher")),
     Control("layer", "layer", _layer_slider,
             lambda value: None if value is None else whole(value, "layer", 0, 0, 1000),
             lambda e: layer_update(e.teacher, e.layer)),
@@ -138,7 +134,7 @@ CONTROLS: tuple[Control, ...] = (  # the private endpoints' input order
             _pick(PRESET_CHOICES, "preset"), _field("preset")),
     Control("steps", "steps",
             lambda e: gr.Slider(10, LIMITS.max_steps, value=e.steps, step=10, label="Steps", elem_id="steps"),
-            lambda value: whole(value, "steps", 300, 1, LIMITS.max_steps), _field("steps")),
+            lambda value: read_steps(value), _field("steps")),
     Control("lr", "lr", lambda e: gr.Number(e.effective_lr, label="Learning rate (Adam)", elem_id="lr"),
             lambda value: number(value, "learning rate", None, 1e-8, 1.0), lambda e: e.effective_lr),
     Control("lr_schedule", "lr-schedule",
@@ -206,14 +202,16 @@ class RunSettings:
 
 
 class Controls:
-    """The built controls of one tab, by name."""
+    """The built controls of one tab, by name (`registry`: the Islands tab's `CONTROLS`, or `WALK_CONTROLS`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: tuple[Control, ...] = CONTROLS) -> None:
         self.components: dict[str, gr.Component] = {}
+        self.registry = {c.name: c for c in registry}
+        self.order = tuple(c.name for c in registry)
 
     def make(self, name: str, exp: Experiment) -> gr.Component:
         """Build a control (inside the current layout block) showing `exp`'s value, and keep it by name."""
-        self.components[name] = BY_NAME[name].make(exp)
+        self.components[name] = self.registry[name].make(exp)
         return self.components[name]
 
     def add(self, name: str, component: gr.Component) -> gr.Component:
@@ -224,8 +222,8 @@ class Controls:
     def __getitem__(self, name: str) -> gr.Component:
         return self.components[name]
 
-    def inputs(self, names: Iterable[str] = RUN_INPUTS) -> list[gr.Component]:
-        return [self.components[name] for name in names]
+    def inputs(self, names: Iterable[str] | None = None) -> list[gr.Component]:
+        return [self.components[name] for name in (self.order if names is None else names)]
 
     @staticmethod
     def handler(fn: Callable[..., Any], names: Sequence[str] = RUN_INPUTS) -> Callable[..., Any]:
@@ -264,7 +262,7 @@ class Controls:
         read = {name: BY_NAME[name].read(values.get(name)) for name in RUN_INPUTS if name in values}
         recipe = read.get("recipe", "custom")
         settings = {k: v for k, v in read.items() if k in EXPERIMENT_FIELDS}
-        exp = Experiment(**{**settings, "recipe": recipe, "trains": RECIPES[recipe].settings.get("trains", True)})
+        exp = Experiment(**{**settings, "recipe": recipe, "trains": RECIPES[recipe].trains})
         return RunSettings(exp, values.get("image"), values.get("features"), read.get("labels", []),
                            bool(read.get("comparable", True)))
 
@@ -277,3 +275,75 @@ def with_view(exp: Experiment, values: dict[str, Any]) -> Experiment:
     """`exp` with the islands-view controls' values (projection, perplexity, metric, t-SNE start) read in."""
     changes = {name: BY_NAME[name].read(values[name]) for name in VIEW_INPUTS if name in values and name != "comparable"}
     return replace(exp, **changes)
+
+
+# the Interpolation tab's controls: two images, the teacher, training and the walk
+
+WALK_DEFAULT_STEPS = 300
+WALK_DEFAULT_FRAMES = 16
+WALK_MAX_FRAMES = 33
+WALK_PROJECTION_CHOICES = [("PCA (fast)", "pca"), ("t-SNE 2D (slower)", "tsne2d")]
+
+
+def walk_teachers() -> list[tuple[str, str]]:
+    """The walk's teachers (a walk needs a teacher: no 'your own features')."""
+    return teacher_choices(own_features=False)
+
+
+def _walk_layer(exp: Experiment) -> gr.Slider:
+    spec = teacher_spec(exp.teacher)
+    return gr.Slider(0, max(1, spec.num_layers - 1), value=spec.default_layer, step=1, label=layer_label(spec.num_layers),
+                     elem_id="walk-layer")
+
+
+def _walk_image(side: str) -> Callable[[Experiment], gr.Component]:
+    alpha = "0" if side == "a" else "1"
+    return lambda e: gr.Image(label=f"Image {side.upper()} (alpha = {alpha})", type="filepath",
+                              elem_id=f"walk-image-{side}", sources=["upload", "clipboard"], height=180, min_width=130)
+
+
+WALK_CONTROLS: tuple[Control, ...] = (  # the walk's private endpoint's input order
+    Control("image_a", "walk-image-a", _walk_image("a"), lambda value: value),
+    Control("image_b", "walk-image-b", _walk_image("b"), lambda value: value),
+    Control("teacher", "walk-teacher",
+            lambda e: gr.Dropdown(walk_teachers(), value=e.teacher, label="Teacher", elem_id="walk-teacher"),
+            lambda value: choice(value, walk_teachers(), "teacher")),
+    Control("layer", "walk-layer", _walk_layer, lambda value: None if value is None else whole(value, "layer", 0, 0, 1000)),
+    Control("random_weights", "walk-random-weights",
+            lambda e: gr.Checkbox(value=random_weights_default(), elem_id="walk-random-weights",
+                                  label="Untrained teacher (random weights, works offline)"), bool),
+    Control("steps", "walk-steps", lambda e: gr.Slider(10, LIMITS.max_steps, value=WALK_DEFAULT_STEPS, step=10,
+                                                       label="Steps", elem_id="walk-steps"),
+            lambda value: read_steps(value, WALK_DEFAULT_STEPS)),
+    Control("frames", "walk-frames", lambda e: gr.Slider(2, WALK_MAX_FRAMES, value=WALK_DEFAULT_FRAMES, step=1,
+                                                         label="Frames along the walk", elem_id="walk-frames"),
+            lambda value: whole(value, "frames", WALK_DEFAULT_FRAMES, 2, WALK_MAX_FRAMES)),
+    Control("projection", "walk-projection",
+            lambda e: gr.Radio(WALK_PROJECTION_CHOICES, value="pca", label="Projection", elem_id="walk-projection"),
+            lambda value: choice(value or "pca", WALK_PROJECTION_CHOICES, "projection")),
+    Control("checkpoint", "walk-checkpoint", None, lambda value: str(value or "")),  # made with the checkpoints list
+)
+WALK_INPUTS: tuple[str, ...] = tuple(c.name for c in WALK_CONTROLS)
+
+
+@dataclass(frozen=True)
+class WalkSettings:
+    """The Interpolation tab (or /walk) read into a walk: the experiment and the walk's own settings."""
+
+    experiment: Experiment
+    image_a: Any
+    image_b: Any
+    frames: int
+    projection: str
+    checkpoint: str
+
+
+def read_walk(values: dict[str, Any]) -> WalkSettings:
+    """The walk's raw values by name -> its settings, checked (`InputError` names the control)."""
+    if not values.get("image_a") or not values.get("image_b"):
+        raise InputError("give two images: one for each end of the walk (A and B)")
+    by_name = {c.name: c for c in WALK_CONTROLS}
+    read = {name: by_name[name].read(values.get(name)) for name in WALK_INPUTS if name not in ("image_a", "image_b")}
+    exp = Experiment(recipe="custom", teacher=read["teacher"], layer=read["layer"], steps=read["steps"],
+                     random_weights=bool(read["random_weights"]))
+    return WalkSettings(exp, values["image_a"], values["image_b"], read["frames"], read["projection"], read["checkpoint"])

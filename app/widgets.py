@@ -34,16 +34,16 @@ from .settings import (  # noqa: F401 - the shared settings, one import away for
     LIMITS,
     PRESET_CHOICES,
     PROJECTION_CHOICES,
-    RECIPE_CHOICES,
     SCHEDULE_CHOICES,
     TARGET_CHOICES,
-    TEACHER_CHOICES,
-    TEACHER_IDS,
     Limits,
     choice,
     label_of,
     number,
     page_teacher,
+    read_steps,
+    recipe_choices,
+    teacher_choices,
     whole,
 )
 
@@ -163,6 +163,14 @@ def upload_source(payload: Any, what: str = "image") -> str | bytes | None:
     return str(resolved)
 
 
+def read_features(payload: Any):
+    """The uploaded feature array of 'your own features' (None when nothing was uploaded), checked."""
+    from apm.teachers import load_feature_array
+
+    source = upload_source(payload, "feature file")
+    return None if source is None else load_feature_array(source, name=file_name(payload))
+
+
 def file_name(payload: Any) -> str:
     """The name the user's file had (for messages and exports)."""
     if isinstance(payload, dict):
@@ -248,27 +256,35 @@ class Tab:
         return {self.status: status_html(message, "error")}
 
 
-def guarded(what: str, lead: str = "") -> Callable[[Callable], Callable]:
-    """Wrap a `Tab` handler (a function or a generator): any failure becomes `tab.failed(...)`, so the page gets
-    one readable line and lives on. Gradio still sees the handler's own signature (it reads `request` there)."""
+def guarded(what: str, lead: str = "", report: Callable[[BaseException, str, str], Any] | None = None
+            ) -> Callable[[Callable], Callable]:
+    """The one error wrapper of the app: wrap a handler (a function or a generator) so that any failure becomes one
+    readable line and the page lives on. By default the handler is a method and `self.failed(exc, what, lead)`
+    makes the line (a tab's status, a panel's own box); `report(exc, what, lead)` makes it for a plain function
+    (the API's dicts). Gradio still sees the handler's own signature (it reads `request` there)."""
+
+    def fail(args: tuple, exc: BaseException) -> Any:
+        if report is not None:
+            return report(exc, what, lead)
+        return args[0].failed(exc, what, lead)
 
     def wrap(fn: Callable) -> Callable:
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
-            def stream(self, *args, **kwargs):
+            def stream(*args, **kwargs):
                 try:
-                    yield from fn(self, *args, **kwargs)
+                    yield from fn(*args, **kwargs)
                 except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
-                    yield self.failed(exc, what, lead)
+                    yield fail(args, exc)
 
             return stream
 
         @functools.wraps(fn)
-        def call(self, *args, **kwargs):
+        def call(*args, **kwargs):
             try:
-                return fn(self, *args, **kwargs)
+                return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - one user's failure must never take the app down
-                return self.failed(exc, what, lead)
+                return fail(args, exc)
 
         return call
 

@@ -57,7 +57,7 @@ def test_a_new_panel_is_one_module_and_one_list():
     record = STORE.peek(request.session_hash).islands.run
     assert drawn and drawn[-1] == f"step 20: {record.frames[-1].metrics.n_islands} islands"
     assert len(drawn) == len(stream)  # every frame, live and final
-    scrubbed = by_id(tab.scrub(record.frames[0].step, request=request))
+    scrubbed = by_id(tab.panel("timeline").scrub(record.frames[0].step, request=request))
     assert scrubbed["test-step-panel"].startswith(f"step {record.frames[0].step}:")
     STORE.drop(request.session_hash)
 
@@ -96,19 +96,26 @@ def test_the_gpu_hook_wraps_every_teacher_call(monkeypatch, tmp_path):
     """A fake `spaces` on a pretend ZeroGPU Space counts the decorated calls: the Islands run, the levels strip,
     a trained APM's one pass and the walk all go through it."""
     from apm.model import APM, model_config_for
+    from app.engine import islands as engine_islands
+    from app.engine import teacher as engine_teacher
+    from app.engine import walk as engine_walk
 
     calls = []
 
     def gpu(fn):
         def counted(*args, **kwargs):
-            calls.append(args[0])
+            calls.append(args[0].name)  # the teacher's registry name
             return fn(*args, **kwargs)
 
         return counted
 
+    def reload() -> None:
+        for module in (engine_teacher, engine_islands, engine_walk, engine):
+            importlib.reload(module)
+
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
-    importlib.reload(engine)
+    reload()
     try:
         root = tmp_path / "checkpoints"
         apm = APM(model_config_for("cpu", feature_dim=384))
@@ -126,11 +133,12 @@ def test_the_gpu_hook_wraps_every_teacher_call(monkeypatch, tmp_path):
         assert "one forward pass" in plain(out["status"]) and len(calls) == 3
         updates = list(walk().train(file_payload(example("face")), file_payload(example("house")), "dinov2", 0,
                                     True, 10, 4, "pca", request=request))
-        assert not is_error(by_id(updates[-1])["walk-status"]) and len(calls) == 5  # one encoding per image
+        # one encoding per image: the face at layer 0 was encoded for the trained APM's pass already (shared)
+        assert not is_error(by_id(updates[-1])["walk-status"]) and len(calls) == 4
         assert set(calls) == {"dinov2"}
     finally:
         monkeypatch.delenv("SPACES_ZERO_GPU")
-        importlib.reload(engine)
+        reload()
         STORE.drop("design-gpu")
 
 
@@ -157,28 +165,26 @@ def test_every_handler_failure_reaches_the_page_as_our_message(monkeypatch):
     tab.begin(request=request)
     tab.prepare(*islands_settings(example(), steps=10), request=request)
     with monkeypatch.context() as mp:
-        mp.setattr(engine, "live_frames", fail)
+        mp.setattr(engine, "producer", lambda prepared: fail)
         check(list(tab.stream(request=request))[-1], "the run failed: ")
     tab.begin(request=request)
     tab.prepare(*islands_settings(example(), steps=10), request=request)
     list(tab.stream(request=request))
     with monkeypatch.context() as mp:
         mp.setattr(engine, "export_run", fail)
-        check(tab.export(request=request), "the export failed: ")
+        check(tab.panel("export").export(request=request), "the export failed: ")
     with monkeypatch.context() as mp:
-        import app.tabs.islands as islands_module
+        import app.panels.islands as islands_panel
 
-        mp.setattr(islands_module, "project", fail)
-        check(tab.reproject("pca", 30, "cosine", "pca", True, 0, request=request))
+        mp.setattr(islands_panel, "project", fail)
+        check(tab.panel("islands").reproject("pca", 30, "cosine", "pca", True, request=request))
     with monkeypatch.context() as mp:
         from app import trained
 
         mp.setattr(trained, "load", fail)
         check(tab.on_trained(file_payload(example()), "tiny", "pca", True, request=request))
     with monkeypatch.context() as mp:
-        import app.tabs.walk as walk_module
-
-        mp.setattr(walk_module, "train_and_walk", fail)
+        mp.setattr(engine, "train_and_walk", fail)
         wtab = walk()
         last = list(wtab.train(file_payload(example()), file_payload(example("house")), "dinov2", 0, True, 10, 4,
                                "pca", request=request))[-1]
@@ -195,10 +201,10 @@ def test_frames_of_a_run_are_left_as_recorded_by_a_new_view():
     list(tab.stream(request=request))
     state = STORE.peek(request.session_hash).islands
     before = [f.projection for f in state.run.frames]
-    tab.reproject("pca", 30, "cosine", "pca", True, 0, request=request)
+    tab.panel("islands").reproject("pca", 30, "cosine", "pca", True, request=request)
     assert [f.projection for f in state.run.frames] == before
     assert state.shown_frame().projection.method == "pca" and before[-1].method == "tsne"
-    scrubbed = by_id(tab.scrub(state.run.frames[0].step, request=request))
+    scrubbed = by_id(tab.panel("timeline").scrub(state.run.frames[0].step, request=request))
     assert state.reprojected and np.asarray(scrubbed["islands-image"]).shape[2] == 3
     STORE.drop(request.session_hash)
 

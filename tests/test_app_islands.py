@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.tabs import islands as islands_module
+from app import plots
 from app.widgets import STORE
 from tests.app_harness import (
     Req,
@@ -102,14 +102,14 @@ def test_scrubbing_is_in_steps(finished):
     request, _, _, session = finished
     frames = session.islands.run.frames
     tab = islands()
-    first = by_id(tab.scrub(frames[0].step, request=request))
+    first = by_id(tab.panel("timeline").scrub(frames[0].step, request=request))
     status = parse_status(first["status"])
     assert status["lead"] == "showing" and status["step"] == frames[0].step
     assert session.islands.run.teacher_label in plain(first["status"])  # the teacher stays named while scrubbing
-    np.testing.assert_array_equal(first["rgb-image"], islands_module.plots.grid_image(frames[0].rgb))
-    nearest = by_id(tab.scrub(frames[1].step + 1, request=request))
+    np.testing.assert_array_equal(first["rgb-image"], plots.grid_image(frames[0].rgb))
+    nearest = by_id(tab.panel("timeline").scrub(frames[1].step + 1, request=request))
     assert parse_status(nearest["status"])["step"] == frames[1].step  # the nearest recorded frame
-    beyond = by_id(tab.scrub(10_000, request=request))
+    beyond = by_id(tab.panel("timeline").scrub(10_000, request=request))
     assert parse_status(beyond["status"])["step"] == frames[-1].step
     assert session.islands.run.status == "done"  # scrubbing changes nothing recorded
 
@@ -117,16 +117,16 @@ def test_scrubbing_is_in_steps(finished):
 def test_changing_the_projection_redraws_the_shown_frame(finished):
     request, _, _, session = finished
     tab = islands()
-    tab.scrub(session.islands.run.frames[0].step, request=request)
-    out = by_id(tab.reproject("tsne3d", 10, "cosine", "pca", True, 0, request=request))
+    tab.panel("timeline").scrub(session.islands.run.frames[0].step, request=request)
+    out = by_id(tab.panel("islands").reproject("tsne3d", 10, "cosine", "pca", True, request=request))
     assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d"
     assert f"step {session.islands.run.frames[0].step}" in plain(out["status"])
     assert out["teacher-islands"].shape[2] == 3
     assert session.islands.shown_frame().projection.dim == 3 and session.islands.view.experiment.perplexity == 10
     assert session.islands.run.frames[0].projection.dim == 2  # the recorded frame stays as it was drawn
-    out = by_id(tab.reproject("pca", 30, "cosine", "pca", False, 0, request=request))
+    out = by_id(tab.panel("islands").reproject("pca", 30, "cosine", "pca", False, request=request))
     assert figure(out["islands-plot"])["data"][0]["type"] == "scatter3d" and session.islands.view.comparable is False
-    bad = by_id(tab.reproject("tsne2d", 500, "cosine", "pca", True, 0, request=request))
+    bad = by_id(tab.panel("islands").reproject("tsne2d", 500, "cosine", "pca", True, request=request))
     assert is_error(bad["status"]) and "perplexity" in plain(bad["status"])
 
 
@@ -149,10 +149,10 @@ def test_export_writes_files_that_open_and_the_settings(finished):
     import json
 
     request, _, _, session = finished
-    out = by_id(islands().export(request=request))
+    out = by_id(islands().panel("export").export(request=request))
     assert out["export-files"]["visible"] is True and not is_error(out["status"])
     paths = [Path(f) for f in out["export-files"]["value"]]
-    assert [p.name for p in paths] == ["islands.gif", "snapshots.npz", "panels.png", "run.json"]
+    assert [p.name for p in paths] == ["islands.gif", "run.npz", "panels.png", "summary.json"]  # the run writer's files
     assert all(p.is_file() and p.stat().st_size > 0 and session.folder in p.parents for p in paths)
     n = len(session.islands.run.frames)
     with Image.open(paths[0]) as gif:
@@ -162,13 +162,13 @@ def test_export_writes_files_that_open_and_the_settings(finished):
         assert npz["features"].shape[:3] == (n, 16, 16) and len(npz["curve_feat_loss"]) == 30
     summary = json.loads(paths[3].read_text())
     assert summary["experiment"]["teacher"] == "dinov2" and summary["experiment"]["layer"] == 11
-    assert summary["train_config"]["lr"] == 1e-3 and "DINOv2 ViT-S/14 · layer 11" in summary["teacher"]
+    assert summary["config"]["train"]["lr"] == 1e-3 and "DINOv2 ViT-S/14 · layer 11" in summary["teacher"]
     assert summary["environment"]["packages"]["torch"] and summary["steps_done"] == 30
 
 
 def test_export_before_any_run():
     request = Req("islands-export-empty")
-    out = by_id(islands().export(request=request))
+    out = by_id(islands().panel("export").export(request=request))
     assert out["export-files"]["visible"] is False and "press Run first" in plain(out["status"])
     STORE.drop(request.session_hash)
 
@@ -215,7 +215,7 @@ def test_stop_ends_the_run_and_keeps_its_frames():
     last = parse_status(outputs[-1]["status"])
     assert last["lead"] == "stopped by you (everything recorded is kept)" and last["step"] < 2000
     assert len(record.history()["step"]) == record.history()["step"][-1]  # nothing ran after the stop
-    assert by_id(islands().export(request=request))["export-files"]["value"]
+    assert by_id(islands().panel("export").export(request=request))["export-files"]["value"]
     _, again = run_islands(request, example(), steps=10)  # and the next run in this session works
     assert parse_status(again[-1]["status"])["lead"] == "done"
     STORE.drop(request.session_hash)
@@ -246,13 +246,16 @@ def test_stop_before_the_stream_starts():
 
 
 def test_two_sessions_do_not_see_each_other(corpus):
+    """B waits in line behind A (one training slot) and says so; Stop in A ends A only, and B then runs."""
     a, b = Req("islands-session-a"), Req("islands-session-b")
     thread_a, out_a, first_a = start(a, example(), steps=2000)
     assert first_a.wait(60)
-    _, stream_b = run_islands(b, corpus["plain_jpeg"], steps=10)
+    thread_b, out_b, first_b = start(b, corpus["plain_jpeg"], steps=10)
+    assert first_b.wait(30) and "1st in line" in plain(out_b[0]["status"])
     islands().stop(request=a)  # stops A only
     thread_a.join(10)
-    assert "stopped" in plain(out_a[-1]["status"]) and parse_status(stream_b[-1]["status"])["lead"] == "done"
+    thread_b.join(60)
+    assert "stopped" in plain(out_a[-1]["status"]) and parse_status(out_b[-1]["status"])["lead"] == "done"
     sa, sb = STORE.peek(a.session_hash), STORE.peek(b.session_hash)
     assert sa is not sb and sa.islands.run is not sb.islands.run and sa.folder != sb.folder
     assert not np.array_equal(sa.islands.run.input_small, sb.islands.run.input_small)
@@ -356,9 +359,10 @@ def test_own_features_and_the_target_follows_the_array(corpus, tmp_path):
 
 
 def test_a_capped_run_says_it_was_cut_off(monkeypatch):
-    from app import engine
 
-    monkeypatch.setattr(engine, "LIMITS", replace(engine.LIMITS, max_run_seconds=1.5))
+    from app.engine import islands as engine_islands
+
+    monkeypatch.setattr(engine_islands, "LIMITS", replace(engine_islands.LIMITS, max_run_seconds=1.5))
     request = Req("islands-capped")
     _, stream = run_islands(request, example(), steps=2000)
     last = parse_status(stream[-1]["status"])
@@ -441,7 +445,7 @@ def test_a_click_marks_the_location_and_draws_both_agreement_maps(finished):
     sims = agreement_map(frame.features.astype(np.float32), (2, 5))
     assert sims[2, 5] == 1.0
     np.testing.assert_array_equal(out["agreement-apm"][16 * 2 + 8, 16 * 5 + 8],
-                                  islands_module.plots.to_uint8(islands_module.plots.colormap(sims))[2, 5])
+                                  plots.to_uint8(plots.colormap(sims))[2, 5])
     names = figure(out["column-agreement"])["data"][0]["x"]
     assert names[-1] == "APM"
     small = by_id(tab.panel("pointing").on_point(np.zeros((16, 16, 3), np.uint8), Select([15, 0]), request=request))
@@ -453,7 +457,7 @@ def test_still_frames_carry_the_part_whole_tree(finished):
     assert all("part-whole-tree" not in update for update in stream[:-1])  # live frames do not pay for it
     tree = figure(stream[-1]["part-whole-tree"])["data"][0]
     assert tree["type"] == "icicle" and tree["values"][0] == 16 * 16
-    scrubbed = by_id(islands().scrub(session.islands.run.frames[0].step, request=request))
+    scrubbed = by_id(islands().panel("timeline").scrub(session.islands.run.frames[0].step, request=request))
     assert figure(scrubbed["part-whole-tree"])["data"][0]["type"] == "icicle"
 
 
@@ -502,7 +506,7 @@ def test_hovering_the_scatter_or_a_tree_segment_lights_up_locations(finished):
     image = lit["input-small"]  # 16 pixels a location: inside the segment the input is unchanged, outside dimmed
     inside = np.argwhere(node.mask)[0]
     outside = np.argwhere(~node.mask)[0]
-    plain_input = islands_module.plots.grid_image(session.islands.run.input_small)
+    plain_input = plots.grid_image(session.islands.run.input_small)
     np.testing.assert_array_equal(image[16 * inside[0] + 8, 16 * inside[1] + 8],
                                   plain_input[16 * inside[0] + 8, 16 * inside[1] + 8])
     assert not np.array_equal(image[16 * outside[0] + 8, 16 * outside[1] + 8],

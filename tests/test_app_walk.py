@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.controls import WALK_MAX_FRAMES
 from app.plots import figure_dict, to_uint8
 from app.tabs import walk as W
 from app.widgets import STORE, WALK_PAIRS
@@ -207,7 +208,7 @@ def test_bad_inputs_give_an_error_line_and_the_next_call_works(corpus):
     request = Req("walk-bad")
     error_only(train(request, b=None)[-1], "two images")
     error_only(train(request, b=corpus["truncated_png"])[-1], "truncated.png")
-    error_only(train(request, frames=W.MAX_FRAMES + 1)[-1], "frames")
+    error_only(train(request, frames=WALK_MAX_FRAMES + 1)[-1], "frames")
     error_only(train(request, steps=0)[-1], "steps")
     error_only(train(request, steps="many")[-1], "steps")
     error_only(train(request, teacher="file")[-1], "teacher")

@@ -268,7 +268,7 @@ def test_many_runs_in_a_row_leave_nothing_behind():
         request = Req(f"rel-repeat-{i}")
         _, stream = run_islands(request, IMAGE, steps=MIN_STEPS)
         assert stream and "done" in stream[-1]["status"], stream[-1]["status"] if stream else None
-        files = by_id(islands().export(request=request))["export-files"]["value"]
+        files = by_id(islands().panel("export").export(request=request))["export-files"]["value"]
         assert files and all(Path(f).is_file() for f in files)
         folders.append(STORE.peek(request.session_hash).folder)
         unload(request)
@@ -452,7 +452,7 @@ def test_npz_and_gif_writers_are_atomic(tmp_path, monkeypatch):
 def test_a_failed_export_keeps_the_earlier_one(monkeypatch):
     request = Req("rel-export-fails")
     run_islands(request, IMAGE, steps=MIN_STEPS)
-    status = by_id(islands().export(request=request))["status"]
+    status = by_id(islands().panel("export").export(request=request))["status"]
     assert "exported" in status, status
     folder = STORE.peek(request.session_hash).folder
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -463,7 +463,7 @@ def test_a_failed_export_keeps_the_earlier_one(monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(apm_io.np, "savez", savez_half)
-    status = by_id(islands().export(request=request))["status"]  # a message in the page, not a crash
+    status = by_id(islands().panel("export").export(request=request))["status"]  # a message in the page, not a crash
     assert "apm-error" in status and "No space left" in status, status
     after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert after == before  # same files, same bytes, no temporaries

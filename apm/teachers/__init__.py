@@ -20,7 +20,6 @@ from .dinov2 import DINOv2Config, DINOv2Teacher
 from .features import FeatureLimits, load_feature_array
 from .mvit import MViTConfig, MViTTeacher
 from .registry import (
-    GRID_CHOICES,
     create_teacher,
     download_weights,
     grid_options,
@@ -29,11 +28,11 @@ from .registry import (
     parse_teacher_id,
     register_teacher,
     teacher_class,
+    teacher_picks,
     teacher_spec,
 )
 
 __all__ = [
-    "GRID_CHOICES",
     "grid_options",
     "OUTPUT_CACHE",
     "CLIPConfig",
@@ -59,6 +58,7 @@ __all__ = [
     "parse_teacher_id",
     "random_weights_default",
     "register_teacher",
+    "teacher_picks",
     "teacher_class",
     "teacher_spec",
 ]

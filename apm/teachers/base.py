@@ -219,6 +219,7 @@ class Teacher(abc.ABC):
     VARIANTS: ClassVar[dict[str, Variant]] = {}  # model id -> variant
     ALIASES: ClassVar[dict[str, str]] = {}  # short variant name -> model id
     supports_zero_shot: ClassVar[bool] = False  # `zero_shot(vector, labels)` scores global vectors against text
+    PICKS: ClassVar[tuple[tuple[str, str], ...]] = ()  # (label, teacher id) the pickers offer, in order
 
     def __init__(self, config: Any, *, layer: int | None, random_weights: bool, device: torch.device):
         self.config = config

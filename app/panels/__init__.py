@@ -1,20 +1,43 @@
 """The Islands tab's panels, one module each. A panel builds its components (in the tab's right column, in the
 order of the tab's panel list), resets them when a run is prepared, and renders one frame of a run; a panel with
-events of its own wires them in `wire`. The tab's output lists are derived from its panels, so adding a panel
-touches the panel's module and the one list in `default_panels()` (and `Frame`, only if it needs new data).
+events of its own wires them in `wire` and owns their handlers (the timeline's scrub, the export, a new view).
+The tab's output lists are derived from its panels, so adding a panel touches the panel's module and the one list
+in `default_panels()` (and `Frame`, only if it needs new data).
+
+A panel knows the tab only through `PanelHost`: its status line, its controls, its endpoint names, drawing a
+frame on every panel, and the error line. Panels import the engine and the state, never a tab.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gradio as gr
 
+from apm.islands import Projection
+
 from ..session import Frame, RunRecord
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..tabs.islands import IslandsTab
+
+class PanelHost(Protocol):
+    """What a panel may ask of the tab it sits in."""
+
+    status: gr.HTML  # the tab's status line
+    controls: Any  # the tab's controls by name (`app.controls.Controls`)
+
+    def private(self, name: str) -> dict: ...  # the keyword arguments that name a private endpoint
+
+    def panel(self, name: str) -> Panel: ...  # another panel of the tab, by name
+
+    @property
+    def frame_outputs(self) -> list[gr.Component]: ...  # what drawing a frame sets
+
+    def render(self, record: RunRecord, frame: Frame, *, live: bool, slow: bool, lead: str = "training",
+               kind: str = "running", shown: bool = False, one_pass: bool = False,
+               teacher: Projection | None = None) -> dict: ...  # every panel's drawing of a frame, and the status
+
+    def failed(self, exc: BaseException, what: str, lead: str = "") -> dict: ...  # one error line for the page
 
 
 @dataclass(frozen=True)
@@ -27,14 +50,20 @@ class RenderContext:
     slow: bool  # also the slowly changing panels (the conv filter, the unfolded queries)
     shown: bool = False  # a frame picked on the timeline (or a one-pass decoding), not the newest
     one_pass: bool = False  # a trained APM's decoding with no training: there is no loss curve
+    teacher: Projection | None = None  # the teacher's islands as this page draws them (None: the run's own)
+
+    @property
+    def teacher_projection(self) -> Projection | None:
+        return self.teacher if self.teacher is not None else self.record.teacher_projection
 
 
 class Panel:
     """One panel: its components, how a new run clears them, how a frame draws them."""
 
     name: str = ""  # the key the tab finds it by (`tab.panel('islands')`)
+    host: PanelHost
 
-    def build(self, tab: IslandsTab) -> None:
+    def build(self, tab: PanelHost) -> None:
         """Lay out the components (inside the tab's right column) and keep them as attributes."""
         raise NotImplementedError
 
@@ -48,8 +77,21 @@ class Panel:
         """The components `render` sets (default: all of them); the live stream lists only these."""
         return self.outputs
 
-    def wire(self, tab: IslandsTab) -> None:
+    def wire(self, tab: PanelHost) -> None:
         """The panel's own events (after every panel is built)."""
+
+    @property
+    def teacher_outputs(self) -> list[gr.Component]:
+        """What follows the teacher picker (shown only for some teachers)."""
+        return []
+
+    def on_teacher(self, teacher_id: str) -> dict[gr.Component, Any]:
+        """The teacher picker changed: show or hide what depends on it."""
+        return {}
+
+    def failed(self, exc: BaseException, what: str, lead: str = "") -> dict[gr.Component, Any]:
+        """A handler of this panel failed (`guarded`): one line of ours, in the tab's status by default."""
+        return self.host.failed(exc, what, lead)
 
     def reset(self, record: RunRecord) -> dict[gr.Component, Any]:
         """A run was prepared: the panel before its first frame."""

@@ -25,7 +25,7 @@ from apm.errors import APMError, InputError
 
 from .. import engine, plots
 from ..session import RunRecord, Session
-from ..widgets import LIMITS, session_for, user_message
+from ..widgets import LIMITS, guarded, session_for, user_message
 from . import Panel
 
 log = logging.getLogger("apm.app")
@@ -168,65 +168,57 @@ class AsynchronousPanel(Panel):
 
     # events
 
+    @guarded("the asynchronous panel")
     def on_decode(self, order: str, chunk, colour: str, request: gr.Request = None) -> Iterator[dict]:
-        try:
-            session = session_for(request)
-            decoding = self.decoding(session)
-            if order in ("click", "rectangle"):
-                yield self.on_order(order, colour, request)
-                return
-            seed = decoding.seed + (order == "random")
-            locations = decode_order(decoding.decoder.grid, order, seed)
-            start = replace(decoding, partial=decoding.decoder.empty(), corner=None, seed=seed)
-            how = f"random order (seed {seed})" if order == "random" else "row by row"
-            yield from self._fill(session, start, locations, chunk, colour, f"The whole grid, {how}")
-        except Exception as exc:  # noqa: BLE001 - one readable line, the page lives on
-            yield self._failed(exc)
+        session = session_for(request)
+        decoding = self.decoding(session)
+        if order in ("click", "rectangle"):
+            yield self.on_order(order, colour, request)
+            return
+        seed = decoding.seed + (order == "random")
+        locations = decode_order(decoding.decoder.grid, order, seed)
+        start = replace(decoding, partial=decoding.decoder.empty(), corner=None, seed=seed)
+        how = f"random order (seed {seed})" if order == "random" else "row by row"
+        yield from self._fill(session, start, locations, chunk, colour, f"The whole grid, {how}")
 
+    @guarded("the asynchronous panel")
     def on_click(self, order: str, chunk, colour: str, evt: gr.SelectData, request: gr.Request = None) -> Iterator[dict]:
-        try:
-            session = session_for(request)
-            decoding = self.decoding(session)
-            h, w = decoding.decoder.grid
-            size = plots.grid_image(np.zeros((h, w, 3), np.float32)).shape
-            x, y = evt.index[0], evt.index[1]
-            spot = (min(h - 1, max(0, int(y * h / size[0]))), min(w - 1, max(0, int(x * w / size[1]))))
-            if order == "rectangle":
-                if decoding.corner is None:
-                    session.islands.decoding = replace(decoding, corner=spot)
-                    yield {self.grid: picture(decoding, colour, mark_at=spot),
-                           self.summary: _box(f"corner {spot}: now click the opposite corner")}
-                    return
-                corner, decoding = decoding.corner, replace(decoding, corner=None)
-                yield from self._fill(session, decoding, rectangle(corner, spot), chunk, colour,
-                                      f"The rectangle {corner} to {spot} ({len(rectangle(corner, spot))} locations)")
+        session = session_for(request)
+        decoding = self.decoding(session)
+        h, w = decoding.decoder.grid
+        size = plots.grid_image(np.zeros((h, w, 3), np.float32)).shape
+        x, y = evt.index[0], evt.index[1]
+        spot = (min(h - 1, max(0, int(y * h / size[0]))), min(w - 1, max(0, int(x * w / size[1]))))
+        if order == "rectangle":
+            if decoding.corner is None:
+                session.islands.decoding = replace(decoding, corner=spot)
+                yield {self.grid: picture(decoding, colour, mark_at=spot),
+                       self.summary: _box(f"corner {spot}: now click the opposite corner")}
                 return
-            if order != "click":
-                yield {self.summary: _box("pick 'clicked locations' or 'a rectangle' above to decode where you click")}
-                return
-            yield from self._fill(session, decoding, np.array([spot]), 1, colour, f"Location {spot}")
-        except Exception as exc:  # noqa: BLE001
-            yield self._failed(exc)
+            corner, decoding = decoding.corner, replace(decoding, corner=None)
+            yield from self._fill(session, decoding, rectangle(corner, spot), chunk, colour,
+                                  f"The rectangle {corner} to {spot} ({len(rectangle(corner, spot))} locations)")
+            return
+        if order != "click":
+            yield {self.summary: _box("pick 'clicked locations' or 'a rectangle' above to decode where you click")}
+            return
+        yield from self._fill(session, decoding, np.array([spot]), 1, colour, f"Location {spot}")
 
+    @guarded("the asynchronous panel")
     def on_order(self, order: str, colour: str, request: gr.Request = None) -> dict:
         """Clicked locations or a rectangle: the grid to click on, as decoded so far."""
         if order not in ("click", "rectangle"):
             return {self.summary: gr.skip()}
-        try:
-            decoding = self.decoding(session_for(request))
-        except Exception as exc:  # noqa: BLE001
-            return self._failed(exc)
+        decoding = self.decoding(session_for(request))
         what = "a location" if order == "click" else "two opposite corners of a rectangle"
         return {self.grid: picture(decoding, colour), self.summary: _box(f"click {what} on the grid to decode there")}
 
+    @guarded("the asynchronous panel")
     def on_clear(self, colour: str, request: gr.Request = None) -> dict:
-        try:
-            session = session_for(request)
-            decoding = self.decoding(session)
-            session.islands.decoding = replace(decoding, partial=decoding.decoder.empty(), corner=None)
-            return {self.grid: picture(session.islands.decoding, colour), self.summary: readout(session.islands.decoding, "")}
-        except Exception as exc:  # noqa: BLE001
-            return self._failed(exc)
+        session = session_for(request)
+        decoding = self.decoding(session)
+        session.islands.decoding = replace(decoding, partial=decoding.decoder.empty(), corner=None)
+        return {self.grid: picture(session.islands.decoding, colour), self.summary: readout(session.islands.decoding, "")}
 
     def on_colour(self, colour: str, request: gr.Request = None) -> dict:
         decoding = session_for(request).islands.decoding
@@ -254,25 +246,22 @@ class AsynchronousPanel(Panel):
         session.islands.decoding = decoding
         yield {self.grid: picture(decoding, colour), self.summary: readout(decoding, what)}
 
+    @guarded("the asynchronous panel")
     def on_measure(self, request: gr.Request = None) -> Iterator[dict]:
         """Time and peak memory of decoding n locations (at a few chunk sizes) and of the teacher at n patches."""
-        try:
-            session = session_for(request)
-            decoding = self.decoding(session)
-            record = session.islands.run
-            apm = decoding.decoder.apm
-            h, w = apm.config.grid
-            yield {self.summary: _box("measuring the APM's decoding and the teacher's forward pass on this server…",
-                                      "apm-running")}
-            sides = [s for s in (2, 4, 8, 16, 32) if s * s < h * w]
-            ns = [s * s for s in sides] + [h * w]
-            chunks = [c for c in COST_CHUNKS if c < h * w] + [h * w]
-            points = apm_costs(apm, ns, chunks, repeats=2)
-            teacher, patch, label = self._teacher(record.experiment.teacher)
-            teacher_points = teacher_costs(teacher, patch, [(s, s) for s in sides] + [(h, w)], repeats=2)
-        except Exception as exc:  # noqa: BLE001
-            yield self._failed(exc)
-            return
+        session = session_for(request)
+        decoding = self.decoding(session)
+        record = session.islands.run
+        apm = decoding.decoder.apm
+        h, w = apm.config.grid
+        yield {self.summary: _box("measuring the APM's decoding and the teacher's forward pass on this server…",
+                                  "apm-running")}
+        sides = [s for s in (2, 4, 8, 16, 32) if s * s < h * w]
+        ns = [s * s for s in sides] + [h * w]
+        chunks = [c for c in COST_CHUNKS if c < h * w] + [h * w]
+        points = apm_costs(apm, ns, chunks, repeats=2)
+        teacher, patch, label = self._teacher(record.experiment.teacher)
+        teacher_points = teacher_costs(teacher, patch, [(s, s) for s in sides] + [(h, w)], repeats=2)
         yield {self.cost: plots.cost_figure(points, chunks, teacher_points, label),
                self.table: cost_table_html(apm, points, teacher, teacher_points, label),
                self.summary: _box(cost_sentence(points, teacher_points, chunks), "apm-done")}
@@ -285,10 +274,11 @@ class AsynchronousPanel(Panel):
                 _teachers[key] = teacher_architecture(teacher_id)
             return _teachers[key]
 
-    def _failed(self, exc: BaseException) -> dict:
+    def failed(self, exc: BaseException, what: str, lead: str = "") -> dict:
+        """A failure of this panel's handlers: one line in its own readout (`guarded`)."""
         if not isinstance(exc, APMError):
-            log.exception("the asynchronous panel failed")
-        return {self.summary: _box(user_message(exc), "apm-error")}
+            log.error("%s failed", what, exc_info=exc)
+        return {self.summary: _box(f"{lead}{user_message(exc)}", "apm-error")}
 
 
 def cost_sentence(points: list, teacher_points: list, chunks: list[int]) -> str:

@@ -14,11 +14,11 @@ from PIL import Image
 
 from apm.content import FOLLOWS_TEACHER, content_sentence, linear_cka
 from apm.errors import APMError
-from apm.recipes import FILE_TEACHER
+from apm.recipes import FILE_TEACHER, estimate_seconds
 
 from .. import engine, plots, trained
 from ..session import RunRecord
-from ..widgets import EXAMPLE_CAPTIONS, LIMITS, example_path, example_paths, session_for, user_message
+from ..widgets import EXAMPLE_CAPTIONS, example_path, example_paths, guarded, session_for, user_message
 from . import Panel
 
 log = logging.getLogger("apm.app")
@@ -72,44 +72,50 @@ class ControlPanel(Panel):
 
     def wire(self, tab) -> None:
         self.button.click(self.run_control, [self.choice], [self.this, self.other, self.summary],
-                          concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train", show_progress="hidden",
-                          **tab.private("control"))
+                          concurrency_limit=None, show_progress="hidden", **tab.private("control"))
 
     def reset(self, record: RunRecord) -> dict:
         return {}
 
+    def failed(self, exc: BaseException, what: str, lead: str = "") -> dict:
+        if not isinstance(exc, APMError):
+            log.error("%s failed", what, exc_info=exc)
+        return {self.summary: _box(f"{lead}{user_message(exc)}", "apm-error")}
+
+    @guarded("the control run", "the control could not run: ")
     def run_control(self, key: str, request: gr.Request = None) -> Iterator[dict]:
-        """Train the shown run's settings on the control image; then both islands and the CKA between them."""
+        """Train the shown run's settings on the control image (a run of the driver, in the one line); then both
+        islands and the CKA between them."""
         session = session_for(request)
         state = session.islands
         record, frame = state.run, state.shown_frame()
+        if record is None or frame is None or not record.experiment.trains:
+            raise APMError("run an experiment that trains an APM first: the control repeats its settings")
+        if record.live is not None and record.live.alive:
+            raise APMError("wait for the run to finish (or stop it): the control runs after it")
+        exp = record.experiment
+        if exp.teacher == FILE_TEACHER:
+            raise APMError("a control needs a teacher: your own features belong to one image")
+        picture, name = control_image(str(key or BLANK))
+        loaded = trained.load(exp.checkpoint, session)
+        prepared = engine.prepare_run(exp, picture, name, None, [], session.run_id, state.view, loaded)
+        yield {self.this: plots.grid_image(frame.projection.image), self.other: None,
+               self.summary: _box(f"training the control on {name}: the same {exp.steps} steps…", "apm-running")}
+        run, viewer, _ = engine.drive(None, engine.producer(prepared), estimate_seconds(exp), context=prepared)
+        session.watch(run, viewer)
+        last = None
         try:
-            if record is None or frame is None or not record.experiment.trains:
-                raise APMError("run an experiment that trains an APM first: the control repeats its settings")
-            if record.live is not None and record.live.alive:
-                raise APMError("wait for the run to finish (or stop it): the control runs after it")
-            exp = record.experiment
-            if exp.teacher == FILE_TEACHER:
-                raise APMError("a control needs a teacher: your own features belong to one image")
-            picture, name = control_image(str(key or BLANK))
-            run_id = session.run_id
-            loaded = trained.load(exp.checkpoint, session)
-            prepared = engine.prepare_run(exp, picture, name, None, [], run_id, state.view, loaded)
-            yield {self.this: plots.grid_image(frame.projection.image), self.other: None,
-                   self.summary: _box(f"training the control on {name}: the same {exp.steps} steps…", "apm-running")}
-            last = None
-            for last in engine.live_frames(prepared, lambda: state.view):
-                if not session.is_current(run_id):
-                    prepared.record.live.stop()
+            for item in run.follow(viewer):
+                if isinstance(item, engine.Waiting):
+                    yield {self.summary: _box(f"the control waits for its turn: {item.text()}", "apm-running")}
+                    continue
+                last = item
                 live = prepared.record.live
                 yield {self.other: plots.grid_image(last.projection.image),
                        self.summary: _box(f"training the control on {name}: step {live.steps_done} / {exp.steps}",
                                           "apm-running")}
-        except Exception as exc:  # noqa: BLE001 - one readable line, the page lives on
-            if not isinstance(exc, APMError):
-                log.exception("the control run failed")
-            yield {self.summary: _box(f"the control could not run: {user_message(exc)}", "apm-error")}
-            return
+        finally:
+            run.leave(viewer)
         if last is None:
             yield {self.summary: _box("the control stopped before its first frame", "apm-error")}
             return

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from apm.recipes import FILE_TEACHER
+from apm.teachers import teacher_spec
+
 from .. import plots
 from ..session import RunRecord
 from . import Panel, RenderContext
@@ -33,6 +36,15 @@ class FidelityPanel(Panel):
     @property
     def outputs(self) -> list[gr.Component]:
         return [self.plot, self.teacher_labels, self.apm_labels]
+
+    @property
+    def teacher_outputs(self) -> list[gr.Component]:
+        return [self.teacher_labels, self.apm_labels]
+
+    def on_teacher(self, teacher_id: str) -> dict:
+        """The labels boxes are for teachers that read text (CLIP)."""
+        shown = teacher_id != FILE_TEACHER and teacher_spec(teacher_id).supports_zero_shot
+        return {self.teacher_labels: gr.update(visible=shown), self.apm_labels: gr.update(visible=shown)}
 
     def reset(self, record: RunRecord) -> dict:
         note = untrained_note(record)

@@ -16,7 +16,7 @@ from apm.teachers import grid_options
 from .. import engine, plots
 from ..controls import read_grid
 from ..session import Levels
-from ..widgets import TEACHER_CHOICES, choice, read_image, selected_index, session_for
+from ..widgets import choice, guarded, read_image, selected_index, session_for, teacher_choices
 from . import Panel
 
 log = logging.getLogger("apm.app")
@@ -44,23 +44,23 @@ class LevelsPanel(Panel):
                            **tab.private("levels"))
         self.gallery.select(self.on_level, None, [tab.controls["layer"]], queue=False, **tab.private("level"))
 
+    def failed(self, exc: BaseException, what: str, lead: str = "") -> dict:
+        """A failed strip just stays empty (the image's own check reports a bad file)."""
+        if not isinstance(exc, APMError):
+            log.error("%s failed", what, exc_info=exc)
+        return {self.gallery: None}
+
+    @guarded("the levels strip")
     def on_levels(self, image, teacher, random_weights, grid, request: gr.Request = None) -> dict:
-        """Every layer's islands of the image (cached per image): a failed strip just stays empty (the image's
-        own check reports a bad file)."""
+        """Every layer's islands of the image (the teacher's outputs are shared by every session)."""
         state = session_for(request).islands
-        try:
-            teacher_id = choice(teacher, TEACHER_CHOICES, "teacher")
-            if image is None or teacher_id == FILE_TEACHER:
-                state.levels = None
-                return {self.gallery: None}
-            options = grid_options(teacher_id, read_grid(grid))  # a grid the teacher cannot make: no strip
-            _, outputs = engine.encode_image(teacher_id, None, bool(random_weights), read_image(image), layers=None,
-                                             options=options)
-        except Exception as exc:  # noqa: BLE001
-            if not isinstance(exc, APMError):
-                log.exception("levels strip failed")
-            state.levels = None
+        state.levels = None
+        teacher_id = choice(teacher, teacher_choices(), "teacher")
+        if image is None or teacher_id == FILE_TEACHER:
             return {self.gallery: None}
+        options = grid_options(teacher_id, read_grid(grid))  # a grid the teacher cannot make: no strip
+        _, outputs = engine.encode_image(teacher_id, None, bool(random_weights), read_image(image), layers=None,
+                                         options=options)
         grids = [o.grid for o in outputs]
         state.levels = Levels(teacher_id, grids)
         return {self.gallery: [(plots.enlarge(pca_colours(g), LEVEL_PX), f"layer {k}") for k, g in enumerate(grids)]}

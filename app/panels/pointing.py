@@ -41,7 +41,6 @@ class PointingPanel(Panel):
         return [self.agreement_apm, self.agreement_teacher, self.column]
 
     def wire(self, tab) -> None:
-        self.tab = tab
         self.grids = tab.panel("islands")
         self.point_outputs = [*self.outputs, *self.grids.grid_images, tab.status]
         for image in self.grids.grid_images:
@@ -58,7 +57,7 @@ class PointingPanel(Panel):
         session = session_for(request)
         record = session.islands.run
         if record is None or image is None:
-            return {self.tab.status: status_html("press Run first: then click a location on a grid image")}
+            return {self.host.status: status_html("press Run first: then click a location on a grid image")}
         h, w = record.grid_shape
         picture = np.asarray(image)
         x, y = evt.index[0], evt.index[1]
@@ -72,7 +71,7 @@ class PointingPanel(Panel):
         record = session.islands.run
         kind, _, rest = str(value or "").partition(":")
         target = rest.rsplit(":", 1)[0]
-        skip = {self.tab.status: gr.skip()}
+        skip = {self.host.status: gr.skip()}
         if record is None or not record.frames or kind not in ("loc", "seg"):
             return skip
         h, w = record.grid_shape
@@ -86,9 +85,9 @@ class PointingPanel(Panel):
         node = next((n for n in part_whole_tree(frame.features.astype(np.float32)).nodes if n.id == target), None)
         if node is None:
             return skip
-        out = {self.tab.status: status_html(f"segment {node.id}: {node.size} locations at level {node.level} of the "
+        out = {self.host.status: status_html(f"segment {node.id}: {node.size} locations at level {node.level} of the "
                                             f"part-whole tree, lit on the grid images")}
-        for component, picture in self.grids.pictures(record, frame).items():
+        for component, picture in self.grids.pictures(record, frame, session.islands).items():
             out[component] = plots.highlight(picture, node.mask) if picture is not None else gr.skip()
         return out
 
@@ -96,7 +95,7 @@ class PointingPanel(Panel):
         state = session.islands
         h, w = record.grid_shape
         frame = state.shown_frame()
-        out = {self.tab.status: gr.skip()}
+        out = {self.host.status: gr.skip()}
         apm_map = agreement_map(frame.features.astype(np.float32), (i, j)) if frame is not None else None
         teacher_map = agreement_map(record.teacher_grid, (i, j)) if record.teacher_grid is not None else None
         out[self.agreement_apm] = plots.mark(plots.colormap(apm_map), (i, j)) if apm_map is not None else None
@@ -112,7 +111,7 @@ class PointingPanel(Panel):
             names = [*names, "APM"]
             values = [*(values or []), float(column_agreement([frame.features.astype(np.float32)], (i, j))[0])]
         out[self.column] = plots.column_figure(names, values, f"The column at ({i}, {j}) across levels")
-        for component, picture in self.grids.pictures(record, frame).items():
+        for component, picture in self.grids.pictures(record, frame, session.islands).items():
             out[component] = plots.mark(picture, (i, j)) if picture is not None else gr.skip()
         state.point = (i, j)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..session import RunRecord
+from ..widgets import session_for, status_html
 from . import Panel, RenderContext
 
 
@@ -20,8 +21,20 @@ class TimelinePanel(Panel):
         return [self.slider]
 
     def wire(self, tab) -> None:
-        self.slider.input(tab.scrub, [self.slider], tab.frame_outputs, concurrency_limit=4, concurrency_id="view",
+        self.slider.input(self.scrub, [self.slider], tab.frame_outputs, concurrency_limit=4, concurrency_id="view",
                           show_progress="hidden", trigger_mode="always_last", **tab.private("scrub"))
+
+    def scrub(self, step: float, request: gr.Request = None) -> dict:
+        """Show a recorded frame: every panel follows the timeline."""
+        state = session_for(request).islands
+        record = state.run
+        if record is None or not record.frames:
+            return {self.host.status: status_html("nothing recorded yet: press Run")}
+        index, _ = record.frame_at_step(step)
+        state.shown = index
+        frame = state.frame_in_view(index)
+        return self.host.render(record, frame, live=False, slow=True, lead="showing", kind="info", shown=True,
+                                teacher=state.teacher_view)
 
     def reset(self, record: RunRecord) -> dict:
         return {self.slider: gr.update(value=0, maximum=max(1, record.total_steps), interactive=False)}

@@ -15,34 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from apm.errors import APMError, InputError
-from apm.islands import project
+from apm.islands import Projection, project
 from apm.recipes import FILE_TEACHER, RECIPES, Experiment, estimate_seconds, experiment, format_duration
-from apm.teachers import load_feature_array, teacher_spec
+from apm.teachers import teacher_spec
 
-from .. import engine, plots, trained
+from .. import engine, trained
 from ..controls import (
     GRID_AUTO,
     LINK_INPUTS,
     LINK_KEYS,
     RECIPE_SHOWN,
-    VIEW_INPUTS,
     Controls,
     layer_update,
     read_grid,
-    with_view,
 )
-from ..engine import View
 from ..panels import Panel, RenderContext, default_panels
-from ..session import Frame, RunRecord
+from ..session import Frame, RunRecord, Session, View
 from ..widgets import (
     LIMITS,
     PRESET_CHOICES,
     PROJECTION_CHOICES,
-    RECIPE_CHOICES,
-    TEACHER_CHOICES,
     Tab,
     check_upload,
     choice,
@@ -53,12 +47,15 @@ from ..widgets import (
     label_of,
     number,
     page_teacher,
+    read_features,
     read_image,
+    read_steps,
+    recipe_choices,
     selected_index,
     session_for,
     status_html,
+    teacher_choices,
     toast,
-    upload_source,
     user_message,
     whole,
 )
@@ -123,12 +120,6 @@ def expected_markdown(exp: Experiment) -> str:
     return text
 
 
-def read_features(payload: Any) -> np.ndarray | None:
-    """The uploaded feature array of 'your own features' (None when nothing was uploaded), checked."""
-    source = upload_source(payload, "feature file")
-    return None if source is None else load_feature_array(source, name=file_name(payload))
-
-
 class IslandsTab(Tab):
     """The controls by name, the panels in order; handlers return {component: value} dicts."""
 
@@ -138,6 +129,8 @@ class IslandsTab(Tab):
     def __init__(self, panels: list[Panel] | None = None):
         self.controls = Controls()
         self.panels = default_panels() if panels is None else list(panels)
+        for panel in self.panels:
+            panel.host = self  # a panel knows the tab only as a `PanelHost`
 
     def panel(self, name: str) -> Panel:
         return next(p for p in self.panels if p.name == name)
@@ -209,9 +202,10 @@ class IslandsTab(Tab):
 
     @property
     def visibility_outputs(self) -> list[gr.Component]:
-        fidelity = self.panel("fidelity")
-        return [*self.controls.inputs(("features", "labels", "random_weights")), fidelity.teacher_labels,
-                fidelity.apm_labels]
+        """What follows the teacher picker: the feature-file box, the labels box, the untrained box, and what the
+        panels show only for some teachers."""
+        return [*self.controls.inputs(("features", "labels", "random_weights")),
+                *(c for panel in self.panels for c in panel.teacher_outputs)]
 
     @property
     def setting_outputs(self) -> list[gr.Component]:
@@ -236,16 +230,10 @@ class IslandsTab(Tab):
         run = self.run_btn.click(self.begin, None, [self.status], queue=False, trigger_mode="multiple", **private("begin"))
         run = run.then(c.handler(self.prepare_values), c.inputs(), self.run_outputs, preprocess=False, concurrency_limit=2,
                        concurrency_id="prepare", show_progress="hidden", trigger_mode="multiple", **private("prepare"))
-        run.then(self.stream, None, self.frame_outputs, concurrency_limit=LIMITS.max_concurrent_runs,
-                 concurrency_id="train", show_progress="hidden", trigger_mode="multiple", **private("stream"))
+        # the run driver keeps the line and the training slots: every stream is admitted and told its place
+        run.then(self.stream, None, self.frame_outputs, concurrency_limit=None, show_progress="hidden",
+                 trigger_mode="multiple", **private("stream"))
         self.stop_btn.click(self.stop, None, None, queue=False, **private("stop"))
-        islands = self.panel("islands")
-        view_inputs = [*c.inputs(VIEW_INPUTS), self.panel("timeline").slider]
-        for name in VIEW_INPUTS:
-            c[name].input(self.reproject, view_inputs,
-                          [islands.scatter, islands.islands_image, islands.teacher_islands, self.status],
-                          concurrency_limit=4, concurrency_id="view", show_progress="hidden",
-                          trigger_mode="always_last", **private("reproject"))
 
         # a trained APM: its islands of the image at once (one forward pass), no training
         trained_inputs = c.inputs(("image", "checkpoint", "projection", "comparable"))
@@ -267,7 +255,7 @@ class IslandsTab(Tab):
 
     def on_recipe(self, name: str) -> dict:
         """Picking a recipe sets every control it names (and shows what it set)."""
-        name = choice(name, RECIPE_CHOICES, "experiment")
+        name = choice(name, recipe_choices(), "experiment")
         exp = experiment(name)
         exp = replace(exp, teacher=page_teacher(exp.teacher))
         out = self.controls.show(exp, RECIPE_CONTROLS)
@@ -278,14 +266,16 @@ class IslandsTab(Tab):
     def _teacher_visibility(self, teacher_id: str) -> dict:
         own = teacher_id == FILE_TEACHER
         zero_shot = not own and teacher_spec(teacher_id).supports_zero_shot
-        c, fidelity = self.controls, self.panel("fidelity")
-        return {c["features"]: gr.update(visible=own), c["labels"]: gr.update(visible=zero_shot),
-                c["random_weights"]: gr.update(visible=not own), fidelity.teacher_labels: gr.update(visible=zero_shot),
-                fidelity.apm_labels: gr.update(visible=zero_shot)}
+        c = self.controls
+        out = {c["features"]: gr.update(visible=own), c["labels"]: gr.update(visible=zero_shot),
+               c["random_weights"]: gr.update(visible=not own)}
+        for panel in self.panels:
+            out.update(panel.on_teacher(teacher_id))
+        return out
 
     def on_teacher(self, teacher_id: str, layer: float | None = None) -> dict:
         """The layer slider, the feature-file box, the labels boxes and the untrained box follow the teacher."""
-        teacher_id = choice(teacher_id, TEACHER_CHOICES, "teacher")
+        teacher_id = choice(teacher_id, teacher_choices(), "teacher")
         return {self.controls["layer"]: layer_update(teacher_id), **self._teacher_visibility(teacher_id)}
 
     def on_preset(self, preset: str) -> dict:
@@ -357,7 +347,7 @@ class IslandsTab(Tab):
 
     @guarded("a run", "the run failed: ")
     def stream(self, request: gr.Request = None) -> Iterator[dict]:
-        """Train the prepared run and send each frame's panels; a superseded run goes quiet at once."""
+        """Submit the prepared run to the driver and follow it: its place in line, then each frame's panels."""
         session = session_for(request)
         state = session.islands
         prepared, state.prepared = state.prepared, None
@@ -366,88 +356,69 @@ class IslandsTab(Tab):
             # nothing, because a generator that yields none has Gradio blank all of its outputs
             yield {self.status: gr.skip()}
             return
-        record = prepared.record
-        state.show(record)
-        last_slow = 0.0
+        exp = prepared.record.experiment
+        run, viewer, source = engine.drive(None, engine.producer(prepared), estimate_seconds(exp), context=prepared)
+        session.watch(run, viewer)
+        state.show(prepared.record)
+        state.source = source
+        yield from self.follow(session, run, viewer, prepared.run_id)
+
+    def follow(self, session: Session, run: engine.Run, viewer: int, run_id: int) -> Iterator[dict]:
+        """This page's view of a run: where it stands in line, then each frame (drawn again in this page's own view
+        if it changed the view), then the final frame with how the run ended. Leaves the run when it returns."""
+        state = session.islands
+        record = run.context.record
+        last_slow, previous = 0.0, None
         try:
-            for frame in engine.live_frames(prepared, lambda: state.view):
-                if session.superseded(prepared.run_id):
-                    continue  # a newer run owns the page: nothing more of this one reaches it (the engine still
-                    # stops and joins its training, as for any run)
-                if frame.final:
+            for item in run.follow(viewer):
+                if session.superseded(run_id):
+                    return  # a newer run owns the page: nothing more of this one reaches it
+                if isinstance(item, engine.Waiting):
+                    yield {self.status: status_html(f"waiting for a free slot: {item.text()} · {record.teacher_label}",
+                                                    "running")}
+                    continue
+                if item.final:
                     break  # the final frame (a full fit): sent once, below, with how the run ended
+                frame, previous = self.in_view(state, run, item, previous)
                 slow = time.monotonic() - last_slow >= SLOW_PANELS_EVERY_S
                 if slow:
                     last_slow = time.monotonic()
-                yield self.render(record, frame, live=True, slow=slow)
-            record.status = "stopped" if record.live.stop_reason in ("stopped", "abandoned") else "done"
-            if session.superseded(prepared.run_id):
+                yield self.render(record, frame, live=True, slow=slow, teacher=state.teacher_view)
+            if session.superseded(run_id):
                 return
-            kind, lead = engine.ending(record)
-            record.note = lead
-            if record.frames and not session.superseded(prepared.run_id):
-                yield self.render(record, record.frames[-1], live=False, slow=True, lead=lead, kind=kind)
-        except Exception:
-            record.status = "failed"
-            raise
+            left = session.stopped_id == session.run_id and not run.finished
+            if left and run.viewers == 0:
+                run.wait_finished(30.0)  # the last viewer stopped it: its final frame comes within a step
+            if not record.frames:
+                return
+            kind, lead = engine.ending(record) if run.finished else ("done", "stopped by you: this page left the run "
+                                                                     "(it goes on for the others who watch it)")
+            last, _ = self.in_view(state, run, record.frames[-1], previous)
+            yield self.render(record, last, live=False, slow=True, lead=lead, kind=kind, teacher=state.teacher_view)
         finally:
-            if record.live is not None:
-                record.live.stop()  # the page went away (a closed generator): free the CPU now
+            run.leave(viewer)
+
+    @staticmethod
+    def in_view(state, run: engine.Run, frame: Frame, previous) -> tuple[Frame, Any]:
+        """The frame as this page draws it: the run's own drawing, or (after a change of view here) drawn again,
+        warm-started from this page's previous drawing."""
+        prepared = run.context
+        if state.view is None or state.view.same_drawing(prepared.view):
+            return frame, None
+        if state.teacher_view is None and prepared.record.teacher_grid is not None:
+            state.teacher_view = project(prepared.record.teacher_grid, state.view.config)
+        drawn = engine.redraw(frame, state.view, previous, state.teacher_view)
+        return drawn, drawn.projection
 
     def render(self, record: RunRecord, frame: Frame, *, live: bool, slow: bool, lead: str = "training",
-               kind: str = "running", shown: bool = False, one_pass: bool = False) -> dict:
-        """Every panel's drawing of one frame, and the status line."""
-        ctx = RenderContext(record, frame, live=live, slow=slow, shown=shown, one_pass=one_pass)
+               kind: str = "running", shown: bool = False, one_pass: bool = False, teacher: Projection | None = None
+               ) -> dict:
+        """Every panel's drawing of one frame, and the status line (`teacher`: the teacher's islands as this page
+        draws them, when not the run's own)."""
+        ctx = RenderContext(record, frame, live=live, slow=slow, shown=shown, one_pass=one_pass, teacher=teacher)
         out = {self.status: status_html(engine.status_text(record, frame, lead, shown), kind)}
         for panel in self.panels:
             out.update(panel.render(ctx))
-        return out
-
-    def scrub(self, step: float, request: gr.Request = None) -> dict:
-        """Show a recorded frame: every panel follows the timeline."""
-        state = session_for(request).islands
-        record = state.run
-        if record is None or not record.frames:
-            return {self.status: status_html("nothing recorded yet: press Run")}
-        index, _ = record.frame_at_step(step)
-        state.shown = index
-        frame = state.frame_in_view(index)
-        return self.render(record, frame, live=False, slow=True, lead="showing", kind="info", shown=True)
-
-    @guarded("a new islands view")
-    def reproject(self, projection, perplexity, metric, tsne_init, comparable, step, request: gr.Request = None) -> dict:
-        """A new islands view: the teacher and the shown frame are projected again (a live run's next frame
-        follows it). Recorded frames stay as they were drawn; the page shows them drawn again."""
-        state = session_for(request).islands
-        base = state.view.experiment if state.view is not None else Experiment()
-        exp = with_view(base, {"projection": projection, "perplexity": perplexity, "metric": metric,
-                               "tsne_init": tsne_init})
-        view = View(exp, bool(comparable))
-        view.config  # noqa: B018 - validates the combination now
-        state.view = view
-        state.reprojected.clear()
-        record = state.run
-        islands = self.panel("islands")
-        if record is None:
-            return {self.status: gr.skip()}
-        if record.teacher_grid is not None:
-            record.teacher_projection = project(record.teacher_grid, view.config)
-        teacher = record.teacher_projection
-        out = {islands.teacher_islands: plots.grid_image(teacher.image) if teacher is not None else gr.skip(),
-               islands.scatter: gr.skip(), islands.islands_image: gr.skip(), self.status: gr.skip()}
-        if not record.frames:  # the teacher's own islands
-            out[islands.scatter] = plots.islands_scatter(teacher)
-            return out
-        if record.live is not None and record.live.alive:  # the next live frame is drawn in the new view
-            return out
-        state.stale = True
-        index = state.shown if 0 <= state.shown < len(record.frames) else record.frame_at_step(step)[0]
-        state.shown = index
-        frame = state.frame_in_view(index)
-        out[islands.scatter] = plots.islands_scatter(frame.projection, frame.step)
-        out[islands.islands_image] = plots.grid_image(frame.projection.image)
-        out[self.status] = status_html(engine.status_text(
-            record, frame, f"showing, in {label_of(exp.projection, PROJECTION_CHOICES)}", shown=True))
         return out
 
     # a trained APM
@@ -513,14 +484,14 @@ class IslandsTab(Tab):
         if not params:
             return {self.status: gr.skip()}
         try:
-            recipe = choice(params.get("recipe", "custom"), RECIPE_CHOICES, "experiment")
+            recipe = choice(params.get("recipe", "custom"), recipe_choices(), "experiment")
             base = experiment(recipe)
             changes = {
-                "teacher": choice(params.get("teacher", page_teacher(base.teacher)), TEACHER_CHOICES, "teacher"),
+                "teacher": choice(params.get("teacher", page_teacher(base.teacher)), teacher_choices(), "teacher"),
                 "layer": whole(params["layer"], "layer", 0, 0, 1000) if "layer" in params else None,
                 "grid": read_grid(params["grid"]) if "grid" in params else None,
                 "seed": whole(params["seed"], "seed", 0, 0, 2**31 - 1) if "seed" in params else None,
-                "steps": whole(params["steps"], "steps", 300, 10, LIMITS.max_steps) if "steps" in params else None,
+                "steps": read_steps(params["steps"]) if "steps" in params else None,
                 "projection": (choice(params["projection"], PROJECTION_CHOICES, "islands view")
                                if "projection" in params else None),
                 "perplexity": (number(params["perplexity"], "perplexity", None, 2, 100)
@@ -543,17 +514,3 @@ class IslandsTab(Tab):
     @property
     def link_outputs(self) -> list[gr.Component]:
         return self.setting_outputs
-
-    # exports
-
-    @guarded("an export", "the export failed: ")
-    def export(self, request: gr.Request = None) -> dict:
-        session = session_for(request)
-        record = session.islands.run
-        files = self.panel("export").files
-        if record is None or not record.frames:
-            return {files: gr.update(value=None, visible=False),
-                    self.status: status_html("nothing to export yet: press Run first", "error")}
-        paths = engine.export_run(session.folder, record)
-        return {files: gr.update(value=[str(p) for p in paths], visible=True),
-                self.status: status_html(f"exported {len(record.frames)} frames and the run's settings", "done")}

@@ -1,9 +1,9 @@
 """The Interpolation tab: train one APM on two images, then walk its trigger column from one to the other.
 
 GLOM's "the percept is a field": the MLP is a field over (trigger column, location), and a straight line between
-two images' columns decodes into a continuous morph of features, colours and islands. Training runs through
-`apm.live.LiveRun` like the Islands tab; the walk is decoded once training ends, with one projection fitted to
-every frame so a colour means the same thing all along it.
+two images' columns decodes into a continuous morph of features, colours and islands. The controls come from the
+walk's registry (`app.controls.WALK_CONTROLS`); training and the walk are the engine's (`app.engine.walk`), a run of
+the one run driver like every other; this module lays out the tab and paces the walk's Play.
 """
 
 from __future__ import annotations
@@ -11,24 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
-from apm.errors import InputError
-from apm.interpolate import PathProjection, project_path, train_pair, walk_frames
-from apm.io import save_gif, save_npz
-from apm.islands import ProjectionConfig
-from apm.live import LiveRun
-from apm.recipes import FILE_TEACHER, experiment
+from apm.recipes import experiment
 
-from .. import plots
-from ..session import Session
+from .. import engine, plots, trained
+from ..controls import WALK_CONTROLS, WALK_DEFAULT_FRAMES, WALK_INPUTS, Controls, read_walk, walk_teachers
+from ..session import Walk
 from ..widgets import (
-    LIMITS,
-    TEACHER_CHOICES,
     WALK_PAIRS,
     Tab,
     choice,
@@ -40,36 +33,12 @@ from ..widgets import (
     selected_index,
     session_for,
     status_html,
-    whole,
 )
 
 log = logging.getLogger("apm.app")
 
-WALK_TEACHERS = [(label, key) for label, key in TEACHER_CHOICES if key != FILE_TEACHER]
-WALK_PROJECTIONS = {
-    "pca": ProjectionConfig(method="pca", dim=2),
-    "tsne2d": ProjectionConfig(method="tsne", dim=2, full_iters=150),
-}
-PROJECTION_CHOICES = [("PCA (fast)", "pca"), ("t-SNE 2D (slower)", "tsne2d")]
-MAX_FRAMES = 33
-DEFAULT_STEPS = 300
-DEFAULT_FRAMES = 16
 PLAY_INTERVAL_S = 0.15  # Play shows about six frames a second (the exported GIF uses the same pace)
 MAX_PLAY_S = 600.0  # a looping Play ends by itself after this long
-GIF_FRAME_MS = 150
-
-
-@dataclass
-class Walk:
-    """A trained pair and its decoded walk (for the slider, Play and export)."""
-
-    alphas: np.ndarray  # (F,)
-    rgb: np.ndarray  # (F, h, w, 3)
-    features: np.ndarray  # (F, h, w, d)
-    path: PathProjection
-    own_rgb: np.ndarray  # (2, h, w, 3): each image's own reconstruction
-    endpoint_error: float  # max |decode(alpha=0 or 1) - own reconstruction|
-    teacher_label: str = ""
 
 
 def pair_gallery() -> list[tuple[Any, str]]:
@@ -86,91 +55,6 @@ def pair_gallery() -> list[tuple[Any, str]]:
     return items
 
 
-def trained_walk(session: Session, image_a: Any, image_b: Any, checkpoint: str, frames: Any,
-                 projection: str) -> Iterator[dict]:
-    """A trained APM's walk between two new images, with no training: the same progress dicts as training."""
-    from apm.interpolate import walk_trained
-
-    from .. import trained
-
-    if not image_a or not image_b:
-        raise InputError("give two images: one for each end of the walk (A and B)")
-    frames = whole(frames, "frames", DEFAULT_FRAMES, 2, MAX_FRAMES)
-    projection = WALK_PROJECTIONS[choice(projection or "pca", PROJECTION_CHOICES, "projection")]
-    loaded = trained.load(checkpoint, session)
-    images = [read_image(image_a), read_image(image_b)]
-    empty = {"step": np.zeros(0, np.int64), "feat_loss": np.zeros(0), "rgb_loss": np.zeros(0), "elapsed_s": np.zeros(0)}
-    yield {"stage": "decoding", "note": "", "curve": empty}
-    alphas = np.linspace(0.0, 1.0, frames, dtype=np.float32)
-    features, rgb, own_rgb = walk_trained(loaded.apm, images, alphas)
-    path = project_path(features, projection)
-    endpoint_error = float(max(np.abs(rgb[0] - own_rgb[0]).max(), np.abs(rgb[-1] - own_rgb[1]).max()))
-    yield {"stage": "walk", "note": "no training: ", "curve": empty, "steps_done": 0,
-           "walk": Walk(alphas, rgb, features, path, own_rgb, endpoint_error, trained.describe(loaded))}
-
-
-def train_and_walk(session: Session, run_id: int, image_a: Any, image_b: Any, teacher: str, layer: Any,
-                   random_weights: bool, steps: Any, frames: Any, projection: str) -> Iterator[dict]:
-    """Train on both images with live progress, then decode the walk. Yields progress dicts:
-
-    {"stage": "training", "step", "total", "curve", "rgb": (2, h, w, 3) or None} while training, then
-    {"stage": "walk", "walk": Walk, "note": str} at the end. Raises `APMError` for bad input.
-    """
-    if not image_a or not image_b:
-        raise InputError("give two images: one for each end of the walk (A and B)")
-    steps = whole(steps, "steps", DEFAULT_STEPS, 1, LIMITS.max_steps)
-    frames = whole(frames, "frames", DEFAULT_FRAMES, 2, MAX_FRAMES)
-    teacher = choice(teacher or page_teacher("dinov2"), WALK_TEACHERS, "teacher")
-    projection = WALK_PROJECTIONS[choice(projection or "pca", PROJECTION_CHOICES, "projection")]
-    exp = experiment("custom", teacher=teacher, layer=None if layer is None else whole(layer, "layer", 0, 0, 1000),
-                     steps=steps, random_weights=bool(random_weights))
-    images = [read_image(image_a), read_image(image_b)]
-    from .. import engine
-
-    encoded = [engine.encode_image(exp.teacher, exp.layer, exp.random_weights, im)[1][0] for im in images]
-    run = train_pair(images, [out.grid for out in encoded], exp.train_config(time_budget_s=LIMITS.max_run_seconds),
-                     exp.model_config())
-    label = encoded[0].info.label
-    live = LiveRun(run, keep=2, threads=LIMITS.train_threads, idle_timeout_s=15.0, backend="auto").start()
-    seen = 0
-    try:
-        while not live.finished:
-            if not session.is_current(run_id):
-                live.stop()
-            snap, seen = live.wait(seen, timeout=LIMITS.frame_interval_s)
-            hist = live.history.arrays()
-            if len(hist["step"]):
-                yield {"stage": "training", "step": int(hist["step"][-1]), "total": steps, "curve": hist,
-                       "rgb": None if snap is None else snap.rgb, "label": label}
-        live.join()
-        if live.error is not None:
-            raise live.error
-    finally:
-        live.stop()
-    note = ""
-    if live.stop_reason == "time_budget":
-        note = f"cut off at the {LIMITS.max_run_seconds:.0f} s limit for shared hardware · "
-    elif live.stop_reason in ("stopped", "abandoned"):
-        note = f"stopped by you at step {live.steps_done}; the walk uses the APM as it was · "
-    yield {"stage": "decoding", "note": note, "curve": live.history.arrays()}
-    alphas = np.linspace(0.0, 1.0, frames, dtype=np.float32)
-    features, rgb = run.interpolate(alphas)  # (F, h, w, d), (F, h, w, 3)
-    _, own_rgb = run.decode_columns(run.trigger_columns())  # (2, h, w, 3)
-    path = project_path(features, projection)
-    endpoint_error = float(max(np.abs(rgb[0] - own_rgb[0]).max(), np.abs(rgb[-1] - own_rgb[1]).max()))
-    yield {"stage": "walk", "note": note, "curve": live.history.arrays(), "steps_done": live.steps_done,
-           "walk": Walk(alphas, rgb, features, path, own_rgb, endpoint_error, label)}
-
-
-def export_walk_files(session: Session, walk: Walk) -> list:
-    """interpolation.gif (RGB | islands, A to B and back) and interpolation.npz (alpha, rgb, features, islands)."""
-    out = session.folder / "walk"
-    save_npz(out / "interpolation.npz", alpha=walk.alphas, rgb=walk.rgb, features=walk.features,
-             islands=walk.path.images)
-    save_gif(out / "interpolation.gif", walk_frames(walk.rgb, walk.path.images, scale=12), duration_ms=GIF_FRAME_MS)
-    return [out / "interpolation.gif", out / "interpolation.npz"]
-
-
 class WalkTab(Tab):
     """Components as attributes; handlers return {component: value} dicts."""
 
@@ -184,33 +68,20 @@ class WalkTab(Tab):
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="walk-stop", scale=0, min_width=90, size="lg")
             self.status = gr.HTML(status_html("Give two images (or pick a pair) and press 'Train on both'."),
                                   elem_id="walk-status", scale=6, min_width=260)
-        spec_layer = layer_update(page_teacher(WALK_TEACHERS[0][1]))
+        start = experiment("custom", teacher=page_teacher(walk_teachers()[0][1]))
+        c = self.controls = Controls(WALK_CONTROLS)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 with gr.Row():
-                    self.image_a = gr.Image(label="Image A (alpha = 0)", type="filepath", elem_id="walk-image-a",
-                                            sources=["upload", "clipboard"], height=180, min_width=130)
-                    self.image_b = gr.Image(label="Image B (alpha = 1)", type="filepath", elem_id="walk-image-b",
-                                            sources=["upload", "clipboard"], height=180, min_width=130)
+                    c.make("image_a", start)
+                    c.make("image_b", start)
                 self.pairs = gr.Gallery(pair_gallery(), label="Example pairs (click one)", columns=2, height="auto",
                                         allow_preview=False, elem_id="walk-examples", buttons=[], object_fit="contain")
-                self.teacher = gr.Dropdown(WALK_TEACHERS, value=page_teacher(WALK_TEACHERS[0][1]), label="Teacher",
-                                           elem_id="walk-teacher")
-                self.layer = gr.Slider(0, spec_layer["maximum"], value=spec_layer["value"], step=1,
-                                       label=spec_layer["label"], elem_id="walk-layer")
-                self.random_weights = gr.Checkbox(value=_random_default(), elem_id="walk-random-weights",
-                                                  label="Untrained teacher (random weights, works offline)")
-                self.steps = gr.Slider(10, LIMITS.max_steps, value=DEFAULT_STEPS, step=10, label="Steps",
-                                       elem_id="walk-steps")
-                self.frames = gr.Slider(2, MAX_FRAMES, value=DEFAULT_FRAMES, step=1, label="Frames along the walk",
-                                        elem_id="walk-frames")
-                self.projection = gr.Radio(PROJECTION_CHOICES, value="pca", label="Projection",
-                                           elem_id="walk-projection")
-                from .. import trained
-
-                self.checkpoint = gr.Dropdown(trained.checkpoint_choices(), value=trained.NONE,
-                                              label="Trained APM: walk its learned column space (no training)",
-                                              elem_id="walk-checkpoint", allow_custom_value=True)
+                for name in ("teacher", "layer", "random_weights", "steps", "frames", "projection"):
+                    c.make(name, start)
+                c.add("checkpoint", gr.Dropdown(trained.checkpoint_choices(), value=trained.NONE,
+                                                label="Trained APM: walk its learned column space (no training)",
+                                                elem_id="walk-checkpoint", allow_custom_value=True))
             with gr.Column(scale=3, min_width=300):
                 with gr.Row():
                     panel = {"interactive": False, "height": 170, "min_width": 120, "format": "png",
@@ -220,7 +91,7 @@ class WalkTab(Tab):
                     self.walk_islands = gr.Image(label="Islands at alpha", elem_id="walk-islands", **panel)
                     self.rgb_b = gr.Image(label="Reconstruction of B", elem_id="walk-rgb-b", **panel)
                 with gr.Row(equal_height=True):
-                    self.alpha = gr.Slider(0, DEFAULT_FRAMES - 1, value=0, step=1, elem_id="walk-alpha", scale=4,
+                    self.alpha = gr.Slider(0, WALK_DEFAULT_FRAMES - 1, value=0, step=1, elem_id="walk-alpha", scale=4,
                                            min_width=240, label="Frame along the walk: A (first) to B (last)")
                     self.play_btn = gr.Button("Play", elem_id="walk-play", scale=1, min_width=80)
                     self.pause_btn = gr.Button("Pause", elem_id="walk-pause", scale=1, min_width=80)
@@ -235,6 +106,8 @@ class WalkTab(Tab):
                     self.export_btn = gr.Button("Export the walk (GIF and .npz)", elem_id="walk-export")
                     self.files = gr.File(label="Exports", file_count="multiple", interactive=False,
                                          elem_id="walk-files", visible=False)
+        for name in WALK_INPUTS:  # tests and scripts also reach each control as an attribute
+            setattr(self, name, c[name])
         self._wire()
         return self
 
@@ -250,17 +123,17 @@ class WalkTab(Tab):
     def _wire(self) -> None:
         private = self.private
         train = self.train_btn.click(self.begin, None, [self.status], queue=False, trigger_mode="multiple", **private("begin"))
-        train.then(self.train, [self.image_a, self.image_b, self.teacher, self.layer, self.random_weights, self.steps,
-                                self.frames, self.projection, self.checkpoint], self.train_outputs, preprocess=False,
-                   concurrency_limit=LIMITS.max_concurrent_runs, concurrency_id="train", show_progress="hidden",
-                   trigger_mode="multiple", **private("train"))
+        # the run driver keeps the line and the training slots: every walk is admitted and told its place
+        train.then(self.controls.handler(self.train_values, WALK_INPUTS), self.controls.inputs(), self.train_outputs,
+                   preprocess=False, concurrency_limit=None, show_progress="hidden", trigger_mode="multiple",
+                   **private("train"))
         self.stop_btn.click(self.stop, None, None, queue=False, **private("stop"))
         self.alpha.input(self.show_alpha, [self.alpha], self.frame_outputs, show_progress="hidden",
                          trigger_mode="always_last", concurrency_limit=4, concurrency_id="view", **private("alpha"))
         self.play_btn.click(self.play, [self.alpha, self.loop], self.frame_outputs, show_progress="hidden",
                             concurrency_limit=8, concurrency_id="play", trigger_mode="multiple", **private("play"))
         self.pause_btn.click(self.pause, None, None, queue=False, **private("pause"))
-        self.teacher.input(lambda t: {self.layer: layer_update(choice(t, WALK_TEACHERS, "teacher"))}, [self.teacher],
+        self.teacher.input(lambda t: {self.layer: layer_update(choice(t, walk_teachers(), "teacher"))}, [self.teacher],
                            [self.layer], queue=False, **private("teacher"))
         self.pairs.select(self.on_pair, None, [self.image_a, self.image_b], queue=False, **private("pair"))
         self.export_btn.click(self.export, None, [self.files, self.status], concurrency_limit=2,
@@ -277,24 +150,33 @@ class WalkTab(Tab):
         with session.lock:
             session.play_id += 1
 
+    def train(self, *values: Any, request: gr.Request = None) -> Iterator[dict]:
+        """`train_values` with the controls' values in the registry's order (tests, scripts)."""
+        yield from self.train_values(dict(zip(WALK_INPUTS, values)), request=request)
+
     @guarded("an interpolation run")
-    def train(self, image_a, image_b, teacher, layer, random_weights, steps, frames, projection, checkpoint="",
-              request: gr.Request = None) -> Iterator[dict]:
+    def train_values(self, values: dict[str, Any], request: gr.Request = None) -> Iterator[dict]:
         session = session_for(request)
-        run_id = session.run_id
         session.walk = None  # the previous walk is gone: the slider and Play wait for this one
         yield {self.status: status_html("reading both images and the teacher…", "running"),
                self.loss: plots.walk_loss(np.zeros(0), np.zeros(0), np.zeros(0)), self.rgb_a: None, self.rgb_b: None,
                self.walk_rgb: None, self.walk_islands: None, self.alpha: gr.update(value=0),
                self.scatter: plots.placeholder(plots.WALK_SCATTER_TITLE, "the walk is decoded<br>when training ends",
                                                height=380)}
-        updates = (trained_walk(session, image_a, image_b, checkpoint, frames, projection) if checkpoint else
-                   train_and_walk(session, run_id, image_a, image_b, teacher, layer, random_weights, steps,
-                                  frames, projection))
+        settings = read_walk(values)
+        images = [read_image(settings.image_a), read_image(settings.image_b)]
+        checkpoint = settings.checkpoint if settings.checkpoint and settings.checkpoint != trained.NONE else ""
+        if checkpoint:
+            updates = engine.trained_walk(trained.load(checkpoint, session), images, settings.frames, settings.projection)
+        else:
+            updates = engine.train_and_walk(settings.experiment, images, settings.frames, settings.projection,
+                                            watch=lambda run, viewer: session.watch(run, viewer, leave_on_stop=False))
         for update in updates:
             curve = update["curve"]
             loss = plots.walk_loss(curve["step"], curve["feat_loss"], curve["rgb_loss"])
-            if update["stage"] == "training":
+            if update["stage"] == "waiting":
+                yield {self.status: status_html(f"waiting for a free slot: {update['waiting'].text()}", "running")}
+            elif update["stage"] == "training":
                 text = (f"training on both images · step {update['step']} / {update['total']} · feature loss "
                         f"{curve['feat_loss'][-1]:.1e} · RGB loss {curve['rgb_loss'][-1]:.1e} · "
                         f"{curve['elapsed_s'][-1]:.1f} s · {update['label']}")
@@ -377,12 +259,7 @@ class WalkTab(Tab):
         if walk is None:
             return {self.files: gr.update(value=None, visible=False),
                     self.status: status_html("nothing to export yet: train on two images first", "error")}
-        files = export_walk_files(session, walk)
+        files = engine.export_walk(session.folder, walk)
         return {self.files: gr.update(value=[str(p) for p in files], visible=True),
                 self.status: status_html(f"exported {len(walk.alphas)} frames: a GIF (RGB | islands) and an .npz", "done")}
 
-
-def _random_default() -> bool:
-    from apm.env import random_weights_default
-
-    return random_weights_default()

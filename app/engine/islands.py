@@ -1,95 +1,35 @@
-"""The run engine of the app, without Gradio: what a run is (settings, record, frames), how it is prepared,
-trained live, decoded in one pass from a trained APM, and exported. Both tabs and the API use it; the tabs
-only turn its records and frames into panels.
-
-Every teacher forward pass of the app goes through `encode_image`, the one function under the ZeroGPU hook.
-"""
+"""An islands run, without Gradio: how it is prepared (validated, encoded, built), how its frames are made while
+it trains (`live_frames`, the producer the driver runs), how a trained APM decodes an image in one pass, and how
+a run's state reads as a status line."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from apm.asynchronous import Decoder
 from apm.content import LIVE_LOCATIONS, ContentReference, resize_grid
 from apm.errors import APMError, InputError
 from apm.images import downsample_rgb
-from apm.io import environment_record, save_gif, save_json, save_npz, write_atomic
 from apm.islands import LIVE_WARM_ITERS, Projection, island_metrics, project, squared_distances
 from apm.live import LiveRun
 from apm.recipes import FILE_TEACHER, Experiment
-from apm.teachers import TeacherOutput, create_teacher, teacher_spec
+from apm.teachers import teacher_spec
 from apm.train import OverfitRun, Snapshot, Target
 
-from . import pictures
-from .session import Frame, RunRecord
-from .settings import LIMITS, TEACHER_CHOICES
+from ..session import Frame, Prepared, RunRecord, View
+from ..settings import LIMITS, teacher_choices
+from .teacher import encode_image
 
 log = logging.getLogger("apm.app")
 
 QUICK_FIT = {"early_exaggeration_iters": 25, "full_iters": 25}  # the first live frame: a short t-SNE (the next frames go on converging it)
-
-
-# the GPU hook and the one teacher path
-
-def zero_gpu() -> Callable[[Callable], Callable]:
-    """`spaces.GPU` on a Hugging Face ZeroGPU Space, a no-op decorator everywhere else.
-
-    ZeroGPU runs a decorated call in a short-lived GPU worker, so it suits the stateless teacher step; the
-    APM's training stays in this process, where Stop and the timeline can reach it (and uses CUDA by itself on
-    a Space with a dedicated GPU: devices default to "auto").
-    """
-    if os.environ.get("SPACES_ZERO_GPU"):
-        try:
-            import spaces  # only present on Spaces
-
-            return spaces.GPU
-        except ImportError:
-            log.warning("SPACES_ZERO_GPU is set but the spaces package is missing; running without the GPU hook")
-    return lambda fn: fn
-
-
-@zero_gpu()
-def encode_image(teacher_id: str, layer: int | None, random_weights: bool | None, image: Image.Image,
-                 layers: Sequence[int] | None = (None,), options: dict[str, Any] | None = None
-                 ) -> tuple[Any, list[TeacherOutput]]:
-    """The teacher for these settings and its outputs for the image, one per layer of `layers` (None: every
-    layer, from one forward pass; the default: the teacher's own layer). Every teacher call of the app.
-    `options`: the teacher's config (`Experiment.teacher_options()`: the input size of a grid setting)."""
-    teacher = create_teacher(teacher_id, layer=layer, random_weights=random_weights, **(options or {}))
-    if layers is None:
-        return teacher, teacher.encode_layers(image)
-    return teacher, teacher.encode_layers(image, [teacher.layer if k is None else k for k in layers])
-
-
-@dataclass
-class View:
-    """How the islands are drawn; the page's projection controls change it, also during a run."""
-
-    experiment: Experiment = field(default_factory=Experiment)  # its projection fields are read
-    comparable: bool = True  # the APM's islands rotated onto the teacher's, so an island has one colour in both
-
-    @property
-    def config(self):
-        return self.experiment.projection_config()
-
-
-@dataclass
-class Prepared:
-    """A validated run, built and ready to train (or, for teacher islands, already done)."""
-
-    run_id: int
-    record: RunRecord
-    overfit: OverfitRun | None  # None: nothing to train (the teacher's own islands)
-    zero_shot: Any = None  # the teacher, when it can score the APM's global vector against labels
 
 
 def trained_experiment(exp: Experiment, loaded: Any) -> Experiment:
@@ -109,7 +49,7 @@ def trained_experiment(exp: Experiment, loaded: Any) -> Experiment:
 def teacher_key(teacher_id: str) -> str:
     """The picker's key for a teacher id ('dinov2:vit_small_patch14_dinov2.lvd142m' -> 'dinov2')."""
     wanted = teacher_spec(teacher_id).id
-    for _, key in TEACHER_CHOICES:
+    for _, key in teacher_choices():
         if key != FILE_TEACHER and teacher_spec(key).id == wanted:
             return key
     return teacher_id
@@ -179,7 +119,7 @@ def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: 
         record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
         record.positional = overfit.model.positional_code()
         record.content_ref = content_reference(record, teacher_grid)
-    return Prepared(run_id, record, overfit, zero_shot)
+    return Prepared(run_id, record, overfit, zero_shot, view)
 
 
 def content_reference(record: RunRecord, teacher_grid: np.ndarray | None) -> ContentReference:
@@ -216,15 +156,19 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
     )
 
 
-def live_frames(prepared: Prepared, view: Callable[[], View]) -> Iterator[Frame]:
+def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
+                stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
     """Train the prepared run and yield a new `Frame` about every `frame_interval_s`, the last one fully fitted.
-    `view()` is read for every frame: a change of view on the page reaches a live run.
+    `view()` is read for every frame (None: the view it was prepared with); `stop()` is asked between frames, and
+    True ends the training after its step (the frames recorded so far, and a final one, are kept).
 
     Training runs in its own process where it can (`LiveRun(backend="auto")`). Frames are paced by time: a
     snapshot is asked for about two steps before a frame is due, and frames are spaced so that projecting and
     measuring them takes at most `render_share` of one core (on 2 cores, what the server spends, training loses).
     """
     record = prepared.record
+    if view is None:
+        view = lambda: prepared.view  # noqa: E731
     live = LiveRun(prepared.overfit, keep=2, threads=LIMITS.train_threads, idle_timeout_s=15.0, backend="auto").start()
     record.live = live
     seen, pending, asked = 0, None, False
@@ -232,6 +176,8 @@ def live_frames(prepared: Prepared, view: Callable[[], View]) -> Iterator[Frame]
     frames, total_cpu = 0, 0.0
     try:
         while not live.finished:
+            if stop():
+                live.stop()
             due = next_at - time.monotonic()  # seconds until the next frame
             lead = 2.0 / live.steps_per_s if live.steps_per_s > 0 else 0.1  # about two training steps
             if pending is None and not asked and due <= lead:
@@ -272,6 +218,34 @@ def live_frames(prepared: Prepared, view: Callable[[], View]) -> Iterator[Frame]
         if frames:
             log.info("run %d: %d live frames, projection and metrics %.1f ms CPU each, %.1f steps/s, %s backend",
                      record.run_id, frames, 1000 * total_cpu / frames, live.steps_per_s, live.backend)
+
+
+def producer(prepared: Prepared) -> Callable[[Any], Iterator[Frame]]:
+    """The driver's producer of an islands run: its frames, drawn in the view it was prepared with, until the run
+    ends or nobody watches it (`run.should_stop()`)."""
+
+    def produce(run) -> Iterator[Frame]:
+        record = prepared.record
+        try:
+            yield from live_frames(prepared, stop=run.should_stop)
+            record.status = "stopped" if record.live.stop_reason in ("stopped", "abandoned") else "done"
+        except BaseException:
+            record.status = "failed"
+            raise
+        record.note = ending(record)[1]
+
+    return produce
+
+
+def redraw(frame: Frame, view: View, previous: Projection | None, teacher: Projection | None) -> Frame:
+    """A frame of a run drawn in a viewer's own view (a viewer that changed the view during a shared run): a short
+    warm-started projection from that viewer's previous one, aligned to the teacher's islands in that view."""
+    config = view.config
+    if not frame.final:
+        config = replace(config, warm_iters=min(config.warm_iters, LIVE_WARM_ITERS))
+    projection = project(frame.features.astype(np.float32), config, previous, full_fit=frame.final,
+                         align_to=teacher if view.comparable else None)
+    return replace(frame, projection=projection)
 
 
 def ending(record: RunRecord) -> tuple[str, str]:
@@ -369,84 +343,3 @@ def decoder_for(record: RunRecord | None) -> Decoder:
 
 # exports
 
-def _caption(image: Image.Image, text: str) -> Image.Image:
-    canvas = Image.new("RGB", (image.width, image.height + 18), "white")
-    canvas.paste(image, (0, 18))
-    ImageDraw.Draw(canvas).text((4, 3), text, fill=(30, 30, 30))
-    return canvas
-
-
-def _scatter_image(projection: Projection, size: int = 256) -> Image.Image:
-    canvas = Image.new("RGB", (size, size), (250, 250, 250))
-    draw = ImageDraw.Draw(canvas)
-    emb = projection.embedding
-    emb = emb[:, :2] if projection.dim >= 2 else np.c_[emb[:, 0], np.zeros(len(emb))]
-    lo, hi = emb.min(axis=0), emb.max(axis=0)
-    xy = (emb - lo) / np.where(hi > lo, hi - lo, 1.0) * (size - 16) + 8
-    for (x, y), c in zip(xy, pictures.to_uint8(projection.colours)):
-        draw.ellipse((x - 3, size - y - 3, x + 3, size - y + 3), fill=tuple(int(v) for v in c))
-    return canvas
-
-
-def run_summary(record: RunRecord) -> dict:
-    """Everything needed to run it again: the settings, the teacher, the configs used, the versions."""
-    live = record.live
-    summary = {
-        "experiment": record.experiment.to_dict(),
-        "image": record.image_name,
-        "teacher": record.teacher_label,
-        "grid": list(record.grid_shape),
-        "steps_done": live.steps_done if live is not None else 0,
-        "stop_reason": live.stop_reason if live is not None else None,
-        "environment": environment_record(),
-    }
-    if live is not None:
-        summary["train_config"] = live.run.config.__dict__
-        summary["model_config"] = live.run.model_config.__dict__
-    return summary
-
-
-def export_run(folder: Path, record: RunRecord) -> list[Path]:
-    """islands.gif, snapshots.npz, panels.png and run.json in `folder`/run-<id>."""
-    out = folder / f"run-{record.run_id}"
-    frames = list(record.frames)
-    gif = [
-        _caption(Image.fromarray(np.concatenate([pictures.enlarge(f.projection.image, 192), pictures.enlarge(f.rgb, 192)], axis=1)),
-                 f"step {f.step}: islands | RGB")
-        for f in frames
-    ]
-    save_gif(out / "islands.gif", gif, duration_ms=150)
-    hist = record.history()
-    save_npz(
-        out / "snapshots.npz",
-        step=np.array([f.step for f in frames]), feat_loss=np.array([f.feat_loss for f in frames], np.float32),
-        rgb_loss=np.array([f.rgb_loss for f in frames], np.float32),
-        features=np.stack([f.features.astype(np.float32) for f in frames]), rgb=np.stack([f.rgb for f in frames]),
-        islands=np.stack([f.projection.image for f in frames]),
-        # frames re-projected in another view may differ in dimensions: padded to 3, each frame's own recorded
-        embedding=np.stack([np.pad(f.projection.embedding, ((0, 0), (0, 3 - f.projection.dim))) for f in frames]),
-        embedding_dim=np.array([f.projection.dim for f in frames]),
-        trigger_column=np.stack([f.trigger_column for f in frames]),
-        n_islands=np.array([f.metrics.n_islands for f in frames]), curve_step=hist["step"],
-        curve_feat_loss=hist["feat_loss"].astype(np.float32), curve_rgb_loss=hist["rgb_loss"].astype(np.float32),
-    )
-    last = frames[-1]
-    tiles = [
-        _caption(Image.fromarray(pictures.enlarge(record.input_small, 256)), "input (grid resolution)"),
-        _caption(_scatter_image(last.projection), f"islands scatter, step {last.step}"),
-        _caption(Image.fromarray(pictures.enlarge(last.projection.image, 256)), "APM islands"),
-    ]
-    if record.teacher_projection is not None:
-        tiles.append(_caption(Image.fromarray(pictures.enlarge(record.teacher_projection.image, 256)), "teacher islands"))
-    tiles.append(_caption(Image.fromarray(pictures.enlarge(last.rgb, 256)), "RGB reconstruction"))
-    if last.metrics.fidelity_map is not None:
-        tiles.append(_caption(Image.fromarray(pictures.enlarge(pictures.colormap(last.metrics.fidelity_map, 0, 1), 256)),
-                              "teacher fidelity"))
-    sheet = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), max(t.height for t in tiles)), "white")
-    x = 0
-    for tile in tiles:
-        sheet.paste(tile, (x, 0))
-        x += tile.width + 8
-    write_atomic(out / "panels.png", lambda tmp: sheet.save(tmp, format="PNG"))
-    save_json(out / "run.json", run_summary(record))
-    return [out / name for name in ("islands.gif", "snapshots.npz", "panels.png", "run.json")]
