@@ -17,29 +17,16 @@ tokens. timm's ViTs use torch's fused attention, which never holds the tokens x 
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .bench.timing import median_seconds
 from .model import APM
 
 REFERENCE_TEACHER = "vit_small_patch14_dinov2"  # DINOv2 ViT-S/14: the architecture when a teacher's cannot resize
-
-
-def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall-clock seconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:

@@ -36,15 +36,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """The CPU's kind for speed figures: 'amx', 'avx512_bf16', 'avx2' or 'other' (read from its flags)."""
+    try:
+        with open(cpuinfo or CPUINFO) as f:
+            flags = set(" ".join(line.split(":", 1)[1] for line in f if line.startswith("flags")).split())
+    except OSError:
+        return "other"
+    for kind in ("amx_bf16", "avx512_bf16", "avx2"):
+        if kind in flags:
+            return "amx" if kind == "amx_bf16" else kind
+    return "other"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_kind() in ("amx", "avx512_bf16")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -84,8 +84,14 @@ class Control:
     show: Callable[[Experiment], Any] | None = None  # an experiment's setting -> the page's value (None: not shown)
 
 
-def _pick(choices: list[tuple[str, str]], what: str, default: str | None = None) -> Callable[[Any], str]:
-    return lambda value: choice(default if value in (None, "") and default else value, choices, what)
+def _pick(choices: list[tuple[str, str]] | Callable[[], list[tuple[str, str]]], what: str,
+          default: str | None = None) -> Callable[[Any], str]:
+    """A picker's reader; `choices` may be a registry's function, read when a value is read."""
+    def read(value: Any) -> str:
+        return choice(default if value in (None, "") and default else value,
+                      choices() if callable(choices) else choices, what)
+
+    return read
 
 
 def _field(name: str) -> Callable[[Experiment], Any]:
@@ -104,13 +110,13 @@ def _layer_slider(exp: Experiment) -> gr.Slider:
 
 CONTROLS: tuple[Control, ...] = (  # the private endpoints' input order
     Control("recipe", "recipe", lambda e: gr.Dropdown(recipe_choices(), value=e.recipe, label="Experiment", elem_id="recipe"),
-            _pick(recipe_choices(), "experiment", "custom"), _field("recipe")),
+            _pick(recipe_choices, "experiment", "custom"), _field("recipe")),
     Control("image", "input-image",
             lambda e: gr.Image(label="Image", type="filepath", sources=["upload", "clipboard", "webcam"],
                                elem_id="input-image", height=220),
             lambda value: value),
     Control("teacher", "teacher", lambda e: gr.Dropdown(teacher_choices(), value=e.teacher, label="Teacher", elem_id="teacher"),
-            _pick(teacher_choices(), "teacher"), _field("teacher")),
+            _pick(teacher_choices, "teacher"), _field("teacher")),
     Control("layer", "layer", _layer_slider,
             lambda value: None if value is None else whole(value, "layer", 0, 0, 1000),
             lambda e: layer_update(e.teacher, e.layer)),

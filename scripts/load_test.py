@@ -1,9 +1,9 @@
 """Load test: start the app on 127.0.0.1 and drive it with simultaneous `gradio_client` sessions.
 
-    python scripts/load_test.py                                  # 8 simultaneous sessions, 60 steps each
-    python scripts/load_test.py --sessions 8 --max-queue 3       # a small queue: some get "queue is full"
-    python scripts/load_test.py --sessions 2 --steps 20 --repeat 50   # then 50 runs one after another
-    python scripts/load_test.py --broken                         # the broken-input corpus through the API
+    python -m scripts.load_test                                  # 8 simultaneous sessions, 60 steps each
+    python -m scripts.load_test --sessions 8 --max-queue 3       # a small queue: some get "queue is full"
+    python -m scripts.load_test --sessions 2 --steps 20 --repeat 50   # then 50 runs one after another
+    python -m scripts.load_test --broken                         # the broken-input corpus through the API
 
 Each session is its own `gradio_client.Client` (its own Gradio session): it uploads an image, runs a short
 training of an untrained teacher (offline) and closes, which ends its heartbeat so the server unloads the
@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MIN_STEPS = 10  # a few steps: the runs here measure the server, not training
 TIME_LIMIT_S = 900  # the whole script never runs longer than this
@@ -263,7 +262,7 @@ def run_broken(url: str) -> list[tuple[str, bool]]:
     """Every file of the broken-input corpus through the API: each must get a clear message, none a crash."""
     from gradio_client import Client
 
-    from tests.corpus.make_corpus import BROKEN_IMAGES, PICKLE_MARKER, make_corpus
+    from apm.bench.corpus import BROKEN_IMAGES, PICKLE_MARKER, make_corpus
 
     folder = Path(tempfile.mkdtemp(prefix="apm-corpus-"))
     checks: list[tuple[str, bool]] = []

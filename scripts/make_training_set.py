@@ -2,7 +2,7 @@
 square crops of each, and synthetic scenes; some photos are held out whole, for figures on images never seen.
 
     pip install scikit-image            # only for its sample photos (read from its data folder, not imported)
-    python scripts/make_training_set.py --out data/shipped [--crops 12] [--scenes 64] [--seed 0]
+    python -m scripts.make_training_set --out data/shipped [--crops 12] [--scenes 64] [--seed 0]
 
 Writes `OUT/train/*.png` (every source at 448 x 448, centre square, plus `--crops` random square crops of 50 to
 100% of its short side, flipped at random), `OUT/heldout/*.png` (the held-out photos and 4 crops each) and
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from apm.bench.synthetic import make_scene
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_scenes import make_scene  # noqa: E402
 
 SIZE = 448
 # scikit-image's sample photos (skimage/data), with the licence its own docstrings give

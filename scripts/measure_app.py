@@ -1,6 +1,6 @@
 """Time the app as a user sees it: prints `name value` lines, asserts nothing.
 
-    python scripts/measure_app.py [--steps 300] [--grid 16|24|32] [--image assets/examples/face.png] [--no-browser]
+    python -m scripts.measure_app [--steps 300] [--grid 16|24|32] [--image assets/examples/face.png] [--no-browser]
 
 1. The benchmark's training rate of the `cpu` preset (`apm.bench.step_seconds`, a grid x grid x 384 target, the
    shape of DINOv2-S's grid at that grid setting; 16 x 16 by default), measured in this script right before and right after the app's run (a shared VM's
@@ -28,10 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.app_driver import (  # noqa: E402
+from app.driver import (
     JS_ISLAND_POINTS,
     JS_STATUS,
     JS_WATCH_STATUS,
@@ -43,6 +40,9 @@ from tests.app_driver import (  # noqa: E402
     upload_image,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 RATE = re.compile(r"step (\d+) / (\d+) · (\d+) steps/s .*? · (\d+\.\d) s")
 
 
@@ -51,7 +51,7 @@ def emit(name: str, value: float, note: str = "") -> None:
 
 
 def bench_rate(name: str, grid: int = 16) -> float:
-    from apm.bench import step_seconds
+    from apm.bench.sections import step_seconds
 
     seconds, run = step_seconds("cpu", (grid, grid), 384, "auto", 60 if grid <= 16 else 30)
     emit(name, 1.0 / seconds, "precision " + ("bf16" if run.amp_dtype else "fp32"))

@@ -1,6 +1,6 @@
 """How fast the page's part-whole instruments answer: `name value` lines.
 
-    python scripts/measure_levels.py
+    python -m scripts.measure_levels
 
 - levels_strip_s_dinov2 / levels_strip_s_mvit: from a chosen image to the strip of every layer's islands
   (one forward pass of an untrained teacher, PCA colours each), the teacher already built (as after the first
@@ -13,14 +13,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -29,7 +27,7 @@ def main() -> None:
     os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
     os.environ.setdefault("APM_TEACHER_DISK_CACHE", "0")
     from apm.teachers.base import clear_model_cache
-    from tests.app_harness import Req, example, file_payload, islands, run_islands
+    from app.harness import Req, example, file_payload, islands, run_islands
 
     tab = islands()
     request = Req("measure-levels")

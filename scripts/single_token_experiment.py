@@ -1,7 +1,7 @@
 """The paper's single-token experiment, faithful to the official code, with the real DINOv2-S: `name value` lines,
 a results-VARIANTS.json and one picture per run.
 
-    python scripts/single_token_experiment.py [--images flower_photo china_photo] [--variants faithful rgb]
+    python -m scripts.single_token_experiment [--images flower_photo china_photo] [--variants faithful rgb]
                                               [--steps 1200] [--out docs/single-token]
 
 Each run is a fresh APM in `apm.single_token.faithful_config` (the official single-token model, its token 384
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = {  # name -> (train config changes, teacher layer)
     "faithful": ({}, None),

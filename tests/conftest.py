@@ -43,7 +43,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def corpus(corpus_dir) -> dict[str, Path]:
     """{name: path} of every corpus file, generated once per test session; see make_corpus's docstring."""
-    from tests.corpus.make_corpus import make_corpus
+    from apm.bench.corpus import make_corpus
 
     return make_corpus(corpus_dir)
 

@@ -16,10 +16,10 @@ import pytest
 from apm.recipes import RECIPES, Experiment, experiment
 from app import engine
 from app.controls import BY_NAME, EXPERIMENT_FIELDS, RECIPE_SHOWN, RUN_INPUTS, Controls
+from app.harness import Req, by_id, example, file_payload, is_error, islands, islands_settings, plain, walk
 from app.panels import Panel, RenderContext, default_panels
 from app.tabs.islands import IslandsTab
 from app.widgets import STORE
-from tests.app_harness import Req, by_id, example, file_payload, is_error, islands, islands_settings, plain, walk
 
 # a new panel, written here as a user of the design would: this module and one list, nothing else
 
@@ -214,7 +214,7 @@ def test_every_handler_that_reads_the_session_gets_it_from_gradio():
     keyword-only would run every visitor in one shared 'local' session."""
     import inspect
 
-    from tests.app_harness import demo
+    from app.harness import demo
 
     checked = 0
     for block_fn in demo().fns.values():

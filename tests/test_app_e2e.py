@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_driver import (
+from app.driver import (
     CHROMIUM,
     JS_ISLAND_POINTS,
     JS_WATCH_STATUS,

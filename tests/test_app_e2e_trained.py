@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_driver import (
+from app.driver import (
     CHROMIUM,
     ROOT,
     app_server_for,

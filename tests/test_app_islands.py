@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import plots
-from app.widgets import STORE
-from tests.app_harness import (
+from apm.bench.corpus import PICKLE_MARKER
+from app import engine, plots
+from app.harness import (
     Req,
     by_id,
     example,
@@ -32,7 +32,7 @@ from tests.app_harness import (
     plain,
     run_islands,
 )
-from tests.corpus.make_corpus import PICKLE_MARKER
+from app.widgets import STORE
 
 STREAMED = {"status", "islands-plot", "islands-image", "rgb-image", "loss-plot", "fidelity-plot", "apm-labels",
             "conv-filter", "unfolded-plot", "timeline", "part-whole-tree", "content-readout"}
@@ -131,18 +131,20 @@ def test_changing_the_projection_redraws_the_shown_frame(finished):
 
 
 def test_comparable_colours_are_identical_for_identical_grids(finished):
-    """When the APM's features equal the teacher's, rotated onto the teacher's embedding they get its colours."""
-    _, _, _, session = finished
-    record = session.islands.run
-    view = session.islands.view
-    frame = record.frames[-1]
-    same = replace(frame)
-    from apm.islands import project
+    """A frame whose features equal the teacher's grid, drawn by the engine with comparable colours (rotated onto
+    the teacher's embedding), gets the teacher's colours; without them, only its own."""
+    from apm.train import Snapshot
 
-    teacher = project(record.teacher_grid, view.config)
-    aligned = project(record.teacher_grid, view.config, align_to=teacher)
-    np.testing.assert_allclose(aligned.colours, teacher.colours, atol=1e-5)
-    assert same is not None
+    _, _, _, session = finished
+    record = replace(session.islands.run, frames=[])  # no earlier frame to warm-start from
+    last = session.islands.run.frames[-1]
+    snap = Snapshot(step=1, total_steps=1, feat_loss=0.0, rgb_loss=0.0, global_loss=None, loss=0.0, lr=0.0,
+                    elapsed_s=0.0, features=record.teacher_grid, rgb=last.rgb, trigger_column=last.trigger_column,
+                    conv_filter=last.conv_filter, done=True)
+    view = session.islands.view
+    frame = engine.make_frame(snap, record, replace(view, comparable=True), final=True)
+    np.testing.assert_allclose(frame.projection.colours, record.teacher_projection.colours, atol=1e-4)
+    assert frame.content is not None and frame.content.cka_teacher > 0.999
 
 
 def test_export_writes_files_that_open_and_the_settings(finished):
@@ -417,7 +419,7 @@ class Select:
 def test_levels_strip_one_image_per_layer_and_a_click_selects_it():
     tab = islands()
     request = Req("islands-levels")
-    from tests.app_harness import file_payload
+    from app.harness import file_payload
 
     out = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "dinov2", True, "auto", request=request))
     items = out["levels-strip"]
@@ -463,7 +465,7 @@ def test_still_frames_carry_the_part_whole_tree(finished):
 
 def test_a_shared_link_reproduces_the_settings():
     tab = islands()
-    from tests.app_harness import file_payload
+    from app.harness import file_payload
 
     link = by_id(tab.share_link("cls-ttt", file_payload(example("house")), "clip", 7, "24", 3, 120.0, "paper", 3))
     query = link["share-link"]["value"]

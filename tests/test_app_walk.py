@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from app.controls import WALK_MAX_FRAMES
+from app.harness import Req, by_id, example, file_payload, is_error, plain, walk
 from app.plots import figure_dict, to_uint8
 from app.tabs import walk as W
 from app.widgets import STORE, WALK_PAIRS
-from tests.app_harness import Req, by_id, example, file_payload, is_error, plain, walk
 
 STEPS, FRAMES = 12, 5
 ALPHA = re.compile(r"alpha (\d\.\d\d) · frame (\d+) / (\d+)")

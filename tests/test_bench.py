@@ -1,10 +1,11 @@
-"""`python -m apm.bench` detects native bf16 and never times or trains in emulated bf16."""
+"""`python -m apm.bench` (`apm.bench.sections`) detects native bf16 and never times or trains in emulated bf16."""
 
 from __future__ import annotations
 
 import torch
 
-from apm import bench, device
+from apm import device
+from apm.bench import sections as bench
 
 
 class Spy:
@@ -75,9 +76,20 @@ def test_the_official_step_is_the_official_models_work():
 
 
 def test_the_cpu_flag_is_read_not_assumed(tmp_path, monkeypatch):
+    """The kind comes from the flags line of the CPU's description: AMX, AVX512-BF16, AVX2 only, or none."""
+    cases = {"fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile": ("amx", True),
+             "fpu avx2 avx512f avx512_bf16": ("avx512_bf16", True),
+             "fpu sse4_2 avx2 fma": ("avx2", False), "fpu sse2": ("other", False)}
     device.cpu_has_fast_bf16.cache_clear()
     try:
-        flags = open("/proc/cpuinfo").read()
-        assert device.cpu_has_fast_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+        for flags, (kind, fast) in cases.items():
+            info = tmp_path / "cpuinfo"
+            info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\nbugs\t\t: amx_bf16_fake\n")
+            monkeypatch.setattr(device, "CPUINFO", str(info))
+            device.cpu_has_fast_bf16.cache_clear()
+            assert device.cpu_kind() == kind and device.cpu_has_fast_bf16() is fast, flags
+        monkeypatch.setattr(device, "CPUINFO", str(tmp_path / "missing"))
+        device.cpu_has_fast_bf16.cache_clear()
+        assert device.cpu_kind() == "other" and device.cpu_has_fast_bf16() is False
     finally:
         device.cpu_has_fast_bf16.cache_clear()

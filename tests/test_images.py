@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from apm.bench.corpus import BROKEN_IMAGES, FEATURE_FILES, PICKLE_MARKER, UNUSUAL_IMAGES
 from apm.errors import APMError, InputError
 from apm.images import (
     content_hash,
@@ -22,7 +23,6 @@ from apm.images import (
     resize_square,
     square_crop,
 )
-from tests.corpus.make_corpus import BROKEN_IMAGES, FEATURE_FILES, PICKLE_MARKER, UNUSUAL_IMAGES
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

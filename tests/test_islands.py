@@ -318,13 +318,23 @@ def test_pca_colours(clustered):
     assert pca_colours(grid[..., :2]).shape == (12, 12, 3)  # fewer than three feature dims
 
 
-def test_blas_thread_limit_is_restored(clustered):
+def test_blas_runs_on_one_thread_inside_and_the_limit_is_restored(clustered):
+    """Inside `one_blas_thread` BLAS runs on one thread; after a projection and the metrics the caller's limit is
+    back (set to 2 here: the test suite pins 1, which would make the check pass either way)."""
+    from threadpoolctl import threadpool_limits
+
+    from apm.islands import one_blas_thread
+
     grid, _ = clustered
-    before = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-    project(grid, ProjectionConfig(method="pca"))
-    island_metrics(grid)
-    after = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-    assert before == after
+    blas = lambda: [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]  # noqa: E731
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas()
+        assert before and all(n == 2 for n in before)
+        with one_blas_thread():
+            assert all(n == 1 for n in blas())
+        project(grid, ProjectionConfig(method="pca"))
+        island_metrics(grid)
+        assert blas() == before
 
 
 def test_perplexity_search_reaches_the_perplexity_on_every_row():

@@ -139,16 +139,13 @@ def test_the_shipped_checkpoint_reads_unseen_scenes_as_its_teacher_does(real_din
     """The shipped trained APM, one forward pass, on synthetic scenes it never saw (`scripts/bench_fit.py`'s
     held-out ones, seed 1): its grid carries the teacher's structure, and its islands find the scenes' wholes
     nearly as well as the teacher's own islands do (the figures in checkpoints/README.md)."""
-    import sys
 
     from sklearn.metrics import adjusted_rand_score
 
+    from apm.bench.synthetic import labels_at, make_scene
     from apm.content import island_labels
     from apm.fit import predict
     from apm.model import APM
-
-    sys.path.insert(0, str(EXAMPLES.parent.parent / "scripts"))
-    from make_scenes import labels_at, make_scene
 
     apm = APM.from_pretrained(EXAMPLES.parent.parent / "checkpoints" / "dinov2-s-l11-imgfocus")
     teacher = create_teacher("dinov2:imgfocus", layer=apm.meta["layer"], random_weights=False, device="cpu")

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from apm import io as apm_io
+from apm.bench.corpus import BROKEN_IMAGES, PICKLE_MARKER, UNUSUAL_IMAGES
 from apm.io import save_gif, save_npz, write_atomic
+from app.driver import free_port
+from app.harness import Req, by_id, islands, run_islands
 from app.widgets import STORE, unload
-from tests.app_driver import free_port
-from tests.app_harness import Req, by_id, islands, run_islands
-from tests.corpus.make_corpus import BROKEN_IMAGES, PICKLE_MARKER, UNUSUAL_IMAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "assets" / "examples" / "face.png"

@@ -484,7 +484,7 @@ def test_teachers_without_a_text_tower_say_so(dino):
 
 
 def test_feature_corpus(corpus, corpus_dir):
-    from tests.corpus.make_corpus import PICKLE_MARKER
+    from apm.bench.corpus import PICKLE_MARKER
 
     good = load_feature_array(corpus["feat_good_npy"])
     assert good.shape == (16, 16, 8) and good.dtype == np.float32

@@ -186,10 +186,18 @@ def test_bad_train_config():
         OverfitRun(noise_image(), smooth_target(), TrainConfig(lr=float("nan")), TINY)
 
 
-def test_training_keeps_freed_memory_for_reuse():
-    """Every training loop asks glibc to keep freed tensors' memory (no page faults on each step's tensors)."""
+def test_training_keeps_freed_memory_for_reuse(monkeypatch):
+    """The overfit loop asks glibc to keep freed tensors' memory (no page faults on each step's tensors), and
+    the request is honoured where the C library is glibc."""
     import platform
 
-    from apm.device import keep_freed_memory
+    import apm.train as train_module
+    from apm.threads import keep_freed_memory
 
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    run = OverfitRun(noise_image(), smooth_target(), TrainConfig(steps=2), TINY)
+    assert not calls  # asked when training starts, not when the run is built
+    assert [s.step for s in run] == [1, 2] and calls
+    monkeypatch.undo()
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

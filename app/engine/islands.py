@@ -226,12 +226,9 @@ def producer(prepared: Prepared) -> Callable[[Any], Iterator[Frame]]:
 
     def produce(run) -> Iterator[Frame]:
         record = prepared.record
-        try:
-            yield from live_frames(prepared, stop=run.should_stop)
-            record.status = "stopped" if record.live.stop_reason in ("stopped", "abandoned") else "done"
-        except BaseException:
-            record.status = "failed"
-            raise
+        record.status = "failed"  # unless the frames below all came (the driver hands any error to the viewers)
+        yield from live_frames(prepared, stop=run.should_stop)
+        record.status = "stopped" if record.live.stop_reason in ("stopped", "abandoned") else "done"
         record.note = ending(record)[1]
 
     return produce

@@ -26,7 +26,7 @@ from apm.errors import APMError, InputError
 from .. import engine, plots
 from ..session import RunRecord, Session
 from ..widgets import LIMITS, guarded, session_for, user_message
-from . import Panel
+from .base import Panel
 
 log = logging.getLogger("apm.app")
 

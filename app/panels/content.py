@@ -11,7 +11,7 @@ import gradio as gr
 from apm.content import FOLLOWS_TEACHER, NEARLY_CONSTANT, ContentMetrics, content_sentence
 
 from ..session import RunRecord
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 HELP = (f"CKA (linear centred kernel alignment, 0-1) compares which locations look alike. The islands are said to "
         f"follow the teacher from a CKA of {FOLLOWS_TEACHER:g}; features whose spread is under {NEARLY_CONSTANT:g} of "

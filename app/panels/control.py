@@ -19,7 +19,7 @@ from apm.recipes import FILE_TEACHER, estimate_seconds
 from .. import engine, plots, trained
 from ..session import RunRecord
 from ..widgets import EXAMPLE_CAPTIONS, example_path, example_paths, guarded, session_for, user_message
-from . import Panel
+from .base import Panel
 
 log = logging.getLogger("apm.app")
 BLANK = "blank"

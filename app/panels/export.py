@@ -7,7 +7,7 @@ import gradio as gr
 from .. import engine
 from ..session import RunRecord
 from ..widgets import guarded, session_for, status_html
-from . import Panel
+from .base import Panel
 
 
 class ExportPanel(Panel):

@@ -10,7 +10,7 @@ from apm.teachers import teacher_spec
 
 from .. import plots
 from ..session import RunRecord
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 TITLE = "Teacher fidelity"
 

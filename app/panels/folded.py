@@ -7,7 +7,7 @@ import gradio as gr
 
 from .. import plots
 from ..session import RunRecord
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 
 def folded_markdown(record: RunRecord) -> str:

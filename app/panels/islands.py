@@ -16,7 +16,7 @@ from ..controls import VIEW_INPUTS, with_view
 from ..session import Frame, IslandsState, RunRecord, View
 from ..settings import PROJECTION_CHOICES, label_of
 from ..widgets import guarded, session_for, status_html
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 GRID_IMAGE = {"interactive": False, "height": 170, "min_width": 130, "format": "png", "buttons": ["fullscreen"]}
 

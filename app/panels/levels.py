@@ -17,7 +17,7 @@ from .. import engine, plots
 from ..controls import read_grid
 from ..session import Levels
 from ..widgets import choice, guarded, read_image, selected_index, session_for, teacher_choices
-from . import Panel
+from .base import Panel
 
 log = logging.getLogger("apm.app")
 LEVEL_PX = 112  # side of one image of the strip

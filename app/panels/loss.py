@@ -6,7 +6,7 @@ import gradio as gr
 
 from .. import plots
 from ..session import RunRecord
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 TITLE = "Loss and whole to part"
 

@@ -13,7 +13,7 @@ from apm.islands import agreement_map, column_agreement, part_whole_tree
 from .. import plots
 from ..session import RunRecord, Session
 from ..widgets import session_for, status_html
-from . import Panel
+from .base import Panel
 
 POINT_IMAGE = {"interactive": False, "height": 170, "min_width": 130, "format": "png", "buttons": []}
 

@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..session import RunRecord
 from ..widgets import session_for, status_html
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 
 class TimelinePanel(Panel):

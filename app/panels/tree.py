@@ -10,7 +10,7 @@ from apm.islands import part_whole_tree
 
 from .. import plots
 from ..session import RunRecord
-from . import Panel, RenderContext
+from .base import Panel, RenderContext
 
 
 class TreePanel(Panel):

@@ -1,4 +1,5 @@
-"""Call the app's handlers directly, with no server and no browser, and read their outputs by element id.
+"""Call the app's handlers directly, with no server and no browser, and read their outputs by element id (the
+tests and `scripts.measure_levels`).
 
 Handlers return {component: value} dicts; `by_id` turns one into {elem_id: value}. `islands_settings` gives the
 Islands tab's inputs as the page sends them (raw: the events run with preprocess=False), and `run_islands` plays

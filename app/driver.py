@@ -1,6 +1,6 @@
-"""Drive the running app in a real browser: start `python app.py` on a free port, open headless Chromium.
+"""Drive the running app from outside: start `python app.py` on a free port, open headless Chromium.
 
-Shared by `tests/test_app_e2e.py` (assertions) and `scripts/measure_app.py` (timings). Chromium is Debian's
+Shared by the browser tests (assertions) and `scripts.measure_app` (timings). Chromium is Debian's
 /usr/bin/chromium driven by Python Playwright; nothing is downloaded (never `playwright install`).
 """
 

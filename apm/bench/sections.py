@@ -1,4 +1,4 @@
-"""`python -m apm.bench`: speed figures on this machine, one `name value` line each.
+"""`python -m apm.bench`: speed figures on this machine, one `name value` line each, after the CPU's kind.
 
     python -m apm.bench                 # everything (a few minutes at most on any x86 CPU)
     python -m apm.bench --only training # one section: training, quality, islands, experiments, teachers,
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .cost import median_seconds
-from .device import cpu_has_fast_bf16, precision_name, resolve_device
-from .train import OverfitRun, TrainConfig
+from ..device import cpu_has_fast_bf16, cpu_kind, precision_name, resolve_device
+from ..train import OverfitRun, TrainConfig
+from .synthetic import synthetic_image, synthetic_target
+from .timing import median_seconds
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -39,9 +40,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float
 
 
 def _synthetic(h: int, w: int, d: int, seed: int = 0) -> tuple[Image.Image, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8))
-    return image, rng.normal(size=(h, w, d)).astype(np.float32)
+    return synthetic_image(256, seed), synthetic_target(h, w, d, seed)
 
 
 def step_seconds(preset: str, grid: tuple[int, int], d: int, precision: str, steps: int) -> tuple[float, OverfitRun]:
@@ -105,8 +104,8 @@ def training_figures(emit: Emit) -> None:
 def official_step(steps: int = 3) -> tuple[float, int]:
     """Median seconds and FLOPs of one training step of the official model (`apm.official.OfficialModel`):
     one 448 px image, feature and colour MSE, torch's Adam at 1e-4 with its defaults, fp32."""
-    from .cost import count_flops
-    from .official import HIDDEN, OfficialModel
+    from ..cost import count_flops
+    from ..official import HIDDEN, OfficialModel
 
     torch.manual_seed(0)
     model = OfficialModel(chunk=512)
@@ -139,8 +138,8 @@ def quality_figures(emit: Emit) -> None:
     """
     from sklearn.metrics import adjusted_rand_score
 
-    from .islands import island_metrics
-    from .model import sincos_2d
+    from ..islands import island_metrics
+    from ..model import sincos_2d
 
     rng = np.random.default_rng(0)
     h = w = 16
@@ -163,7 +162,7 @@ def quality_figures(emit: Emit) -> None:
 
 
 def islands_figures(emit: Emit) -> None:
-    from .islands_bench import islands_figures as figures
+    from .islands import islands_figures as figures
 
     for name, value in figures().items():
         emit(name, value)
@@ -175,9 +174,9 @@ def experiment_figures(emit: Emit) -> None:
     An untrained MViTv2-S (the time is the same as the trained one's): building it, one forward pass of the
     16-frame still clip, and the paper's 3D t-SNE (perplexity 3, random start) of its middle frame's tokens.
     """
-    from .islands import project, projection_config
-    from .teachers import create_teacher
-    from .teachers.base import clear_model_cache
+    from ..islands import project, projection_config
+    from ..teachers import create_teacher
+    from ..teachers.base import clear_model_cache
 
     clear_model_cache()
     image, _ = _synthetic(2, 2, 1)  # a 256 x 256 image
@@ -206,10 +205,10 @@ def teacher_figures(emit: Emit) -> None:
 
     from safetensors.torch import save_file
 
-    from .teachers import create_teacher
-    from .teachers.base import clear_model_cache
-    from .teachers.dinov2 import IMGFOCUS_WEIGHTS
-    from .teachers.weights import cached_weights, load_converted
+    from ..teachers import create_teacher
+    from ..teachers.base import clear_model_cache
+    from ..teachers.dinov2 import IMGFOCUS_WEIGHTS
+    from ..teachers.weights import cached_weights, load_converted
 
     path = cached_weights(IMGFOCUS_WEIGHTS)
     if path is None:
@@ -261,9 +260,9 @@ def asynchronous_figures(emit: Emit) -> None:
     units) between one full pass and decoding in row and random order at several chunk sizes. The table (the
     paper's Table 4 in kind) is one 448 px image, the whole 32 x 32 grid, for the paper APM and two teachers.
     """
-    from .asynchronous import Decoder, order_difference
-    from .cost import apm_costs, cost_table, count_flops, memory_crossover, teacher_architecture, teacher_costs
-    from .model import APM, MODEL_PRESETS
+    from ..asynchronous import Decoder, order_difference
+    from ..cost import apm_costs, cost_table, count_flops, memory_crossover, teacher_architecture, teacher_costs
+    from ..model import APM, MODEL_PRESETS
 
     torch.manual_seed(0)
     models = {preset: APM(MODEL_PRESETS[preset]).eval() for preset in ("cpu", "paper")}
@@ -341,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} {value:.4g}" + (f"  # {precision}" if precision else ""), flush=True)
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    print(f"cpu_kind {cpu_kind()}  # amx, avx512_bf16, avx2 or other: compare figures only within one kind")
     for name, section in SECTIONS.items():
         if args.only is None or args.only in name:
             section(emit)

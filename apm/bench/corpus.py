@@ -1,8 +1,8 @@
 """A corpus of broken, hostile and unusual input files, generated on the fly for tests.
 
-    from tests.corpus.make_corpus import make_corpus
+    from apm.bench.corpus import make_corpus
     files = make_corpus(tmp_path)          # {name: path}
-    python -m tests.corpus.make_corpus OUT_DIR   # or: python tests/corpus/make_corpus.py OUT_DIR
+    python -m apm.bench.corpus OUT_DIR
 
 Everything is built deterministically from numpy, Pillow, zlib and torch; nothing is downloaded.
 
@@ -210,6 +210,6 @@ def make_corpus(dest: Path) -> dict[str, Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tests.corpus.make_corpus OUT_DIR")
+        sys.exit("usage: python -m apm.bench.corpus OUT_DIR")
     for key, path in make_corpus(Path(sys.argv[1])).items():
         print(f"{key:24s} {path.stat().st_size:>8d}  {path}")

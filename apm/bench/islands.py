@@ -1,6 +1,4 @@
-"""Timings of the islands views: `python -m apm.islands_bench` prints one `name value` line per figure.
-
-`apm.bench` calls `islands_figures()`. Every figure is the median over several repeats, in milliseconds, on
+"""Timings of the islands views: `python -m apm.bench --only islands` prints one `name value` line per figure. Every figure is the median over several repeats, in milliseconds, on
 synthetic grids shaped like a ViT teacher's (d = 384, a shared "whole" direction plus a few spatially coherent
 parts plus noise). A warm update is one `project` of a slightly changed grid with the previous frame given.
 Other processes on the machine may compete for its cores; medians keep the figures steady, not immune.
@@ -9,13 +7,12 @@ Other processes on the machine may compete for its cores; medians keep the figur
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from .content import LIVE_LOCATIONS
-from .islands import (
+from ..content import LIVE_LOCATIONS
+from ..islands import (
     LIVE_WARM_ITERS,
     IslandConfig,
     ProjectionConfig,
@@ -24,37 +21,19 @@ from .islands import (
     project,
     squared_distances,
 )
+from .synthetic import synthetic_grid
+from .timing import median_ms
 
 log = logging.getLogger(__name__)
 
-FEATURE_DIM = 384  # ViT-S width, as DINO's
-N_PARTS = 8  # parts in the synthetic grid
 REPEATS = 9  # timed repeats per figure (median reported)
 FULL_REPEATS = 5  # repeats of the slower full fits
 
 
-def synthetic_grid(side: int, d: int = FEATURE_DIM, n_parts: int = N_PARTS, seed: int = 0) -> np.ndarray:
-    """An (side, side, d) float32 grid: a shared whole plus Voronoi-shaped parts plus noise."""
-    rng = np.random.default_rng(seed)
-    centres = rng.uniform(0, side, (n_parts, 2))  # (p, 2)
-    ii, jj = np.mgrid[:side, :side]
-    dist = (ii[..., None] - centres[:, 0]) ** 2 + (jj[..., None] - centres[:, 1]) ** 2  # (side, side, p)
-    part = np.argmin(dist, axis=-1)  # (side, side)
-    whole = rng.normal(size=d)  # (d,)
-    parts = rng.normal(size=(n_parts, d))  # (p, d)
-    grid = whole + parts[part] + 0.3 * rng.normal(size=(side, side, d))
-    return grid.astype(np.float32)
-
-
 def _median_ms(fn: Callable[[int], object], repeats: int) -> float:
-    """Median wall time of fn(i) over repeats, after one untimed warm-up call."""
-    fn(-1)
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    """Median wall time (ms) of fn(i) over repeats, each call with the next i, after one untimed warm-up call."""
+    calls = iter(range(-1, repeats))
+    return median_ms(lambda: fn(next(calls)), repeats, warmup=1)
 
 
 def _warm_ms(side: int, dim: int, repeats: int) -> float:
@@ -83,7 +62,7 @@ def islands_figures(repeats: int = REPEATS) -> dict[str, float]:
     figures["metrics_ms_256"] = _median_ms(lambda i: island_metrics(grid_256, grid_256, config), repeats)
     figures["metrics_ms_1024"] = _median_ms(lambda i: island_metrics(grid_1024, grid_1024, config), repeats)
     # the content figures of one live frame (apm.content): what a run's ContentReference.measure costs per frame
-    from .content import ContentReference, position_code
+    from ..content import ContentReference, position_code
 
     for side, grid in ((16, grid_256), (32, grid_1024)):
         teacher = np.ascontiguousarray(grid[..., ::-1])  # another grid of the same locations
@@ -104,7 +83,7 @@ def _live_frame_ms(side: int, repeats: int) -> float:
 
     from PIL import Image
 
-    from .content import ContentReference
+    from ..content import ContentReference
 
     config = replace(ProjectionConfig(), warm_iters=LIVE_WARM_ITERS)
     teacher = synthetic_grid(side, seed=3)
@@ -127,13 +106,3 @@ def _live_frame_ms(side: int, repeats: int) -> float:
             Image.fromarray(big).save(io.BytesIO(), format="PNG")
 
     return _median_ms(frame, repeats)
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    for name, value in islands_figures().items():
-        print(f"{name} {value:.1f}")
-
-
-if __name__ == "__main__":
-    main()
