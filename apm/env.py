@@ -14,6 +14,8 @@ Values are read when asked for (not at import), so a test or a notebook that cha
 | TORCH_HOME | the torch hub cache (MViTv2 weights) |
 | APM_MAX_STEPS, APM_MAX_RUN_SECONDS, APM_MAX_QUEUE, APM_MAX_CONCURRENT_RUNS, APM_TRAIN_THREADS | app limits |
 | APM_SERVER_NICENESS | how far the web server yields to training processes (Linux niceness, default 7) |
+| APM_RUN_CACHE | the app's run cache: finished runs by key, replayed to the next visitor; default $APM_CACHE_DIR/runs; off: none |
+| APM_RUN_CACHE_MB | the run cache's size cap in MB (least recently used out first); default 2048 |
 """
 
 from __future__ import annotations
@@ -142,3 +144,17 @@ SERVER_NICENESS = 7  # measured on 2 cores (300-step runs through the page, one 
 def server_niceness() -> int:
     """The web server's niceness beside training processes (APM_SERVER_NICENESS, 0-19)."""
     return min(19, max(0, env_int("APM_SERVER_NICENESS", SERVER_NICENESS)))
+
+
+def run_cache_dir() -> Path | None:
+    """The app's run cache (APM_RUN_CACHE): a plain folder, so several app processes (replicas) can share it;
+    None when it is switched off (APM_RUN_CACHE=off: nothing is kept or replayed)."""
+    value = os.environ.get("APM_RUN_CACHE", "").strip()
+    if value.lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value).expanduser() if value else cache_root() / "runs"
+
+
+def run_cache_bytes() -> int:
+    """The run cache's cap (APM_RUN_CACHE_MB, default 2048 MB), in bytes."""
+    return max(1, env_int("APM_RUN_CACHE_MB", 2048)) * 2**20

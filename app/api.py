@@ -7,6 +7,7 @@ through the one error wrapper (`guarded`)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,17 +95,65 @@ def api_run(
     picture = read_image(image_payload)
     array = read_features(features_payload) if exp.teacher == FILE_TEACHER else None
     state.view = View(exp, True)
+    loaded = trained.load(exp.checkpoint, session)
     prepared = engine.prepare_run(exp, picture, file_name(image_payload), array, parse_labels(labels), run_id,
-                                  state.view, trained.load(exp.checkpoint, session))
+                                  state.view, loaded)
     record = prepared.record
     state.show(record)
     if prepared.overfit is None:
         yield {"status": plain(engine.status_text(record, None, "done: the teacher's own islands")), "done": True,
                "islands": _file(session, run_id, "teacher-islands.png", record.teacher_projection.image)}
         return
-    run, viewer, source = engine.drive(None, engine.producer(prepared), estimate_seconds(exp), context=prepared)
+    key = record.key = engine.run_key(prepared, picture, array, loaded.digest if loaded is not None else "")
+    recorded = engine.RUN_CACHE.get(key)
+    if recorded is not None:
+        state.show(recorded)
+        yield from _replay(session, recorded, run_id)
+        return
+    run, viewer, source = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE), estimate_seconds(exp),
+                                       context=prepared)
     session.watch(run, viewer)
+    state.show(run.context.record)
     yield from _follow(session, run, viewer, run_id, source)
+
+
+def _progress(record: RunRecord, frame, status: str) -> dict:
+    """One update of a replay, as a live run's: the frame's own step and losses."""
+    return {"status": status, "step": frame.step, "total_steps": record.total_steps, "feat_loss": float(frame.feat_loss),
+            "rgb_loss": float(frame.rgb_loss), "n_islands": frame.metrics.n_islands, "done": False}
+
+
+def _result(session: Session, record: RunRecord, run_id: int, source: str, status: str) -> dict:
+    """The last update of /run: the figures, and the files as the run writer writes them."""
+    last = record.frames[-1]
+    files = engine.export_run(session.folder, record, run_id)
+    live = record.live
+    return {"status": status, "step": live.steps_done, "total_steps": record.total_steps,
+            "feat_loss": float(live.history.feat_loss[-1]), "rgb_loss": float(live.history.rgb_loss[-1]),
+            "n_islands": last.metrics.n_islands, "done": True, "stop_reason": live.stop_reason,
+            "grid": list(record.grid_shape), "source": source,
+            "content": last.content.to_dict() if last.content is not None else None,
+            "islands": _file(session, run_id, "islands.png", last.projection.image),
+            "rgb": _file(session, run_id, "rgb.png", last.rgb),
+            "snapshots": FileData(path=str(files[1])).model_dump(),
+            "settings": FileData(path=str(files[3])).model_dump()}
+
+
+@guarded("run", "the replay failed: ", report=_error)
+def _replay(session: Session, record: RunRecord, run_id: int) -> Iterator[dict]:
+    """A recorded run, at the live cadence, as /run streams a run of its own."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created or time.time()))
+    lead = f"replayed: this exact run was trained on {when} (same image and settings)"
+    for frame in engine.replay(record, stop=lambda: not session.is_current(run_id)):
+        if frame.final:
+            break
+        yield _progress(record, frame, plain(engine.status_text(record, frame, lead, shown=True)))
+    if not session.is_current(run_id):
+        yield {"status": "stopped", "done": True}
+        return
+    kind, ending = engine.ending(record)
+    yield _result(session, record, run_id, "replayed",
+                  plain(engine.status_text(record, record.frames[-1], f"{ending} · {lead}", shown=True)))
 
 
 @guarded("run", "the run failed: ", report=_error)
@@ -127,19 +176,12 @@ def _follow(session: Session, run: engine.Run, viewer: int, run_id: int, source:
     if last is None or not record.frames:
         yield {"status": "stopped before the first frame", "done": True}
         return
-    last = record.frames[-1]
+    if not run.finished and run.viewers == 0:
+        run.wait_finished(30.0)  # the last viewer stopped it: its final frame comes within a step
     kind, lead = engine.ending(record)
-    files = engine.export_run(session.folder, record, run_id)
-    live = record.live
-    yield {"status": plain(engine.status_text(record, last, lead)), "step": live.steps_done,
-           "total_steps": record.total_steps, "feat_loss": live.history.feat_loss[-1],
-           "rgb_loss": live.history.rgb_loss[-1], "n_islands": last.metrics.n_islands, "done": True,
-           "stop_reason": live.stop_reason, "grid": list(record.grid_shape), "source": source,
-           "content": last.content.to_dict() if last.content is not None else None,
-           "islands": _file(session, run_id, "islands.png", last.projection.image),
-           "rgb": _file(session, run_id, "rgb.png", last.rgb),
-           "snapshots": FileData(path=str(files[1])).model_dump(),
-           "settings": FileData(path=str(files[3])).model_dump()}
+    if source == "joined":
+        lead = f"{lead} (joined)"
+    yield _result(session, record, run_id, source, plain(engine.status_text(record, record.frames[-1], lead)))
 
 
 def _file(session: Session, run_id: int, name: str, image: np.ndarray) -> dict:

@@ -242,10 +242,19 @@ class Controls:
 
         count = len(names)
 
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            request = args[count] if len(args) > count else kwargs.get("request")
-            return fn(dict(zip(names, args[:count])), request=request)
+        def values(args: tuple, kwargs: dict) -> tuple[dict, Any]:
+            return dict(zip(names, args[:count])), args[count] if len(args) > count else kwargs.get("request")
+
+        if inspect.isgeneratorfunction(fn):  # a streaming handler stays a generator (Gradio iterates it)
+            @functools.wraps(fn)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                named, request = values(args, kwargs)
+                yield from fn(named, request=request)
+        else:
+            @functools.wraps(fn)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                named, request = values(args, kwargs)
+                return fn(named, request=request)
 
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         call.__signature__ = inspect.Signature(

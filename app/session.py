@@ -25,7 +25,7 @@ from apm.asynchronous import Decoder
 from apm.content import ContentMetrics, ContentReference
 from apm.interpolate import PathProjection
 from apm.islands import IslandMetrics, Projection, ProjectionConfig, project
-from apm.live import LiveRun
+from apm.live import History, LiveRun
 from apm.recipes import Experiment
 from apm.train import OverfitRun
 
@@ -88,7 +88,10 @@ class RunRecord:
     folded: dict[str, Any] = field(default_factory=dict)  # parameter counts and bytes by part
     positional: np.ndarray | None = None  # (h*w, pos_dim) the positional half of the unfolded queries
     content_ref: ContentReference | None = None  # the teacher's grid and the location code, prepared for the frames
-    live: LiveRun | None = None
+    configs: dict[str, Any] | None = None  # the train and model configs it used (`apm.runs.config_record`)
+    key: str | None = None  # the run's identity (the run cache and joining): every input that changes what it computes
+    created: float | None = None  # when it was trained (a replayed run: the recording's time)
+    live: LiveRun | RecordedRun | None = None
     decoder: Decoder | None = None  # a trained APM's one pass: the APM and the image's trigger column
     frames: list[Frame] = field(default_factory=list)
     status: str = "running"  # running | done | stopped | failed
@@ -146,6 +149,25 @@ class Watched(Protocol):
     def request_stop(self) -> None: ...
 
 
+@dataclass
+class RecordedRun:
+    """A finished run read back from the run cache: what the panels read of a `LiveRun` (every step's numbers,
+    how it ended), nothing that trains. `load_decoder()` rebuilds its APM for the asynchronous panel."""
+
+    history: History
+    stop_reason: str | None
+    steps_per_s: float
+    load_decoder: Any = None  # () -> Decoder: the trained APM and the image's trigger column, from the cache
+
+    alive = False
+    finished = True
+    backend = "replay"
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.history)
+
+
 @dataclass(frozen=True)
 class Levels:
     """The teacher's grid at every layer for the image on the page (the levels strip; pointing reads it)."""
@@ -169,6 +191,8 @@ class IslandsState:
     decoding: Any = None  # the asynchronous panel's partly decoded grid of this run
     teacher_view: Projection | None = None  # the teacher's islands in this page's view, when it is not the run's
     source: str = "trained"  # how this page got the run: trained | joined | replayed
+    fresh: bool = False  # the next run is trained anew (Train anew): the run cache is not read
+    skip: bool = False  # Skip to the end: a replay shows its last frame at once
 
     def show(self, record: RunRecord) -> None:
         """A new run on the page: nothing of the old one's view stays."""

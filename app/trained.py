@@ -42,6 +42,7 @@ class Loaded:
     apm: APM
     name: str  # what the page shows
     meta: dict
+    digest: str = ""  # SHA-256 of its weights file: part of the key of every run that starts from it
 
 
 _cache: OrderedDict[tuple, Loaded] = OrderedDict()
@@ -78,7 +79,9 @@ def load(value: str, session: Session) -> Loaded | None:
             return _cache[key]
     apm = APM.from_pretrained(folder)  # a clear InputError for a missing, damaged or mismatched checkpoint
     meta = dict(apm.meta)
-    loaded = Loaded(apm, name, meta)
+    from apm.teachers.weights import sha256_file
+
+    loaded = Loaded(apm, name, meta, sha256_file(folder / WEIGHTS_FILE))
     with _lock:
         _cache[key] = loaded
         while len(_cache) > MAX_LOADED:

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.driver import (
+from app.testing.browser import (
     JS_ISLAND_POINTS,
     JS_STATUS,
     JS_WATCH_STATUS,

@@ -27,7 +27,7 @@ def main() -> None:
     os.environ.setdefault("APM_RANDOM_WEIGHTS", "1")
     os.environ.setdefault("APM_TEACHER_DISK_CACHE", "0")
     from apm.teachers.base import clear_model_cache
-    from app.harness import Req, example, file_payload, islands, run_islands
+    from app.testing.harness import Req, example, file_payload, islands, run_islands
 
     tab = islands()
     request = Req("measure-levels")

@@ -24,6 +24,9 @@ from apm.env import weights_dir  # noqa: E402 - apm.env reads the environment wh
 
 os.environ.setdefault("APM_WEIGHTS_DIR", str(weights_dir()))
 os.environ.setdefault("APM_CACHE_DIR", tempfile.mkdtemp(prefix="apm-test-cache-"))
+# no run cache unless a test asks for one (tests/test_app_classroom.py): a test that runs what an earlier test ran
+# trains it, as it expects; the classroom tests point APM_RUN_CACHE at a folder of their own
+os.environ.setdefault("APM_RUN_CACHE", "off")
 
 # numpy's BLAS on one thread, as the app pins it (apm.live.serve_single_threaded): the tests run the app's
 # handlers in this process, several sessions in threads at once

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from app.harness import Req, by_id, example, figure, is_error, islands, plain, run_islands
 from app.panels.asynchronous import EMPTY
 from app.pictures import to_uint8
+from app.testing.harness import Req, by_id, example, figure, is_error, islands, plain, run_islands
 from app.widgets import STORE
 
 SERVED = 256  # the grid is served at 256 px: 16 pixels a location on a 16 x 16 grid

@@ -16,9 +16,9 @@ import pytest
 from apm.recipes import RECIPES, Experiment, experiment
 from app import engine
 from app.controls import BY_NAME, EXPERIMENT_FIELDS, RECIPE_SHOWN, RUN_INPUTS, Controls
-from app.harness import Req, by_id, example, file_payload, is_error, islands, islands_settings, plain, walk
 from app.panels import Panel, RenderContext, default_panels
 from app.tabs.islands import IslandsTab
+from app.testing.harness import Req, by_id, example, file_payload, is_error, islands, islands_settings, plain, walk
 from app.widgets import STORE
 
 # a new panel, written here as a user of the design would: this module and one list, nothing else
@@ -214,7 +214,7 @@ def test_every_handler_that_reads_the_session_gets_it_from_gradio():
     keyword-only would run every visitor in one shared 'local' session."""
     import inspect
 
-    from app.harness import demo
+    from app.testing.harness import demo
 
     checked = 0
     for block_fn in demo().fns.values():
@@ -225,3 +225,19 @@ def test_every_handler_that_reads_the_session_gets_it_from_gradio():
             assert params["request"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, block_fn.name
             checked += 1
     assert checked >= 15
+
+
+def test_streaming_handlers_stay_generators_through_their_wrappers():
+    """Gradio streams a handler only when it is a generator function: a wrapper (the controls' positional
+    handler, `guarded`) must keep it one, or the page gets the generator object as a value."""
+    import inspect
+
+    from app.testing.harness import demo
+
+    streaming = {"islands_stream", "islands_stream_anew", "walk_train", "walk_play", "islands_control",
+                 "islands_async_decode", "run", "walk"}
+    found = {}
+    for block_fn in demo().fns.values():
+        if block_fn.fn is not None and block_fn.api_name in streaming:
+            found[block_fn.api_name] = inspect.isgeneratorfunction(block_fn.fn)
+    assert set(found) == streaming and all(found.values()), found

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.driver import (
+from app.testing.browser import (
     CHROMIUM,
     JS_ISLAND_POINTS,
     JS_WATCH_STATUS,
@@ -128,6 +128,31 @@ def test_run_during_a_run_starts_a_new_one(browser, server):
     wait_text(page, "status", FINISHED, 30_000)
     no_page_errors(page)
     page.close()
+
+
+def test_two_pages_on_the_same_example_share_one_run(browser, server):
+    """A class clicks the same example: the second page joins the run the first started, both stream islands, and
+    the second says it joined."""
+    first, second = open_app(browser, server), open_app(browser, server)
+    for page in (first, second):
+        click_example(page, EXAMPLE_FACE)
+        wait_text(page, "status", "ready")
+    first.click("#run")
+    first.wait_for_function(js_step_above(20), timeout=180_000, polling=50)
+    second.click("#run")
+    joined = wait_text(second, "status", r"joined", 120_000)
+    assert joined.startswith("training, joined"), joined
+    for page in (first, second):
+        page.wait_for_function(f"() => ({JS_ISLAND_POINTS})() > 0", timeout=60_000)
+    shot(second, ARTIFACTS, "05-joined")
+    for page in (first, second):
+        finished = wait_text(page, "status", FINISHED, 180_000)
+        assert finished.startswith("done"), finished
+    assert "(joined)" in status(second) and "joined" not in status(first)
+    assert status_step(status(first)) == status_step(status(second)) == (300, 300)
+    for page in (first, second):
+        no_page_errors(page)
+        page.close()
 
 
 def test_a_broken_file_over_an_example_gets_our_message(browser, server, corpus):

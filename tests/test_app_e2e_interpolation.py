@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from app.driver import click_example, open_app, set_number, shot, text_of, wait_text
+from app.testing.browser import click_example, open_app, set_number, shot, text_of, wait_text
 from tests.test_app_e2e import ARTIFACTS, browser, no_page_errors, server  # noqa: F401 - pytest fixtures
 
 STEPS, FRAMES = 20, 9

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.driver import (
+from app.testing.browser import (
     CHROMIUM,
     ROOT,
     app_server_for,

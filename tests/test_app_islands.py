@@ -18,7 +18,8 @@ from PIL import Image
 
 from apm.bench.corpus import PICKLE_MARKER
 from app import engine, plots
-from app.harness import (
+from app.session import View
+from app.testing.harness import (
     Req,
     by_id,
     example,
@@ -141,8 +142,8 @@ def test_comparable_colours_are_identical_for_identical_grids(finished):
     snap = Snapshot(step=1, total_steps=1, feat_loss=0.0, rgb_loss=0.0, global_loss=None, loss=0.0, lr=0.0,
                     elapsed_s=0.0, features=record.teacher_grid, rgb=last.rgb, trigger_column=last.trigger_column,
                     conv_filter=last.conv_filter, done=True)
-    view = session.islands.view
-    frame = engine.make_frame(snap, record, replace(view, comparable=True), final=True)
+    view = View(record.experiment, comparable=True)  # the run's own view (an earlier test changed the page's)
+    frame = engine.make_frame(snap, record, view, final=True)
     np.testing.assert_allclose(frame.projection.colours, record.teacher_projection.colours, atol=1e-4)
     assert frame.content is not None and frame.content.cka_teacher > 0.999
 
@@ -419,7 +420,7 @@ class Select:
 def test_levels_strip_one_image_per_layer_and_a_click_selects_it():
     tab = islands()
     request = Req("islands-levels")
-    from app.harness import file_payload
+    from app.testing.harness import file_payload
 
     out = by_id(tab.panel("levels").on_levels(file_payload(example("face")), "dinov2", True, "auto", request=request))
     items = out["levels-strip"]
@@ -465,7 +466,7 @@ def test_still_frames_carry_the_part_whole_tree(finished):
 
 def test_a_shared_link_reproduces_the_settings():
     tab = islands()
-    from app.harness import file_payload
+    from app.testing.harness import file_payload
 
     link = by_id(tab.share_link("cls-ttt", file_payload(example("house")), "clip", 7, "24", 3, 120.0, "paper", 3))
     query = link["share-link"]["value"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.harness import EXAMPLES, Req, by_id, example, file_payload, is_error, islands, parse_status, plain, run_islands
+from app.testing.harness import EXAMPLES, Req, by_id, example, file_payload, is_error, islands, parse_status, plain, run_islands
 from app.widgets import STORE
 
 
@@ -106,7 +106,7 @@ def test_uploads_good_and_bad(shipped, tmp_path):
 
 
 def test_walk_through_a_trained_apm_needs_no_training(shipped):
-    from app.harness import walk
+    from app.testing.harness import walk
 
     tab = walk()
     request = Req("trained-walk")

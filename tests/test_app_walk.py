@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from app.controls import WALK_MAX_FRAMES
-from app.harness import Req, by_id, example, file_payload, is_error, plain, walk
 from app.plots import figure_dict, to_uint8
 from app.tabs import walk as W
+from app.testing.harness import Req, by_id, example, file_payload, is_error, plain, walk
 from app.widgets import STORE, WALK_PAIRS
 
 STEPS, FRAMES = 12, 5

@@ -98,6 +98,9 @@ def test_imports_run_one_way():
     for name in [n for n in graph if n.startswith("app.panels")]:
         assert not any(e.startswith(("app.tabs", "app.api", "app.ui")) for e in graph[name]), name
     assert "apm.model" in graph["apm.checkpoint"] and "apm.checkpoint" not in graph["apm.model"]
+    for name, edges in graph.items():  # test support drives the app from outside: the app never imports it
+        if not name.startswith("app.testing"):
+            assert not any(e.startswith("app.testing") for e in edges), name
 
 
 def test_every_handler_goes_through_the_one_error_wrapper():

@@ -30,6 +30,7 @@ from .registry import (
     teacher_class,
     teacher_picks,
     teacher_spec,
+    weights_identity,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "random_weights_default",
     "register_teacher",
     "teacher_picks",
+    "weights_identity",
     "teacher_class",
     "teacher_spec",
 ]

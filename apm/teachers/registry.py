@@ -8,6 +8,7 @@ loading anything.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..device import resolve_device
@@ -91,6 +92,24 @@ def grid_options(teacher_id: str, grid: int | None) -> dict[str, Any]:
         return {}
     cls, model_id = parse_teacher_id(teacher_id)
     return {"image_size": cls.image_size_for_grid(_config(cls, model_id, {}), int(grid))}
+
+
+def weights_identity(teacher_id: str, random_weights: bool | None = None) -> str:
+    """What a teacher's outputs depend on besides the image and its config: the untrained architecture's seed, or
+    the pretrained weights' source and the cached file (its name, size and, for the Hub, the snapshot it is in).
+    Cheap (no file is read); part of a run's key, so new weights never replay an old run."""
+    from .base import RANDOM_INIT_SEED
+
+    cls, model_id = parse_teacher_id(teacher_id)
+    if random_weights is None:
+        random_weights = random_weights_default()
+    model_id = model_id or cls.Config().model_id
+    if random_weights:
+        return f"{cls.name}:{model_id}:random:{RANDOM_INIT_SEED}"
+    source = cls.weight_source(model_id)
+    found = cached_weights(source)
+    size = Path(found).stat().st_size if found and Path(found).exists() else None
+    return f"{cls.name}:{model_id}:{source!r}:{found}:{size}"
 
 
 def teacher_spec(teacher_id: str, variant: str | None = None, **options: Any) -> TeacherSpec:

@@ -10,8 +10,10 @@ is submitted here, waits for a training slot in one line, is produced by one thr
 once, whoever watches, and checks `run.should_stop()` between items. Viewers get the newest item when they look
 (a slow viewer skips items, never slows the run); a run whose key equals one in line or in progress is joined,
 not trained again. A run ends when its last viewer has left, or when no viewer has looked for `idle_timeout_s`
-(a closed tab). `LIMITS.max_concurrent_runs` runs train at once; at most `LIMITS.max_queue` wait, and past that
-`submit` raises `QueueFull` with one line that says how long the line is.
+(a closed tab). `LIMITS.max_concurrent_runs` runs train at once (each on one thread when they share the cores);
+the waiting run with the most viewers starts first (then the earliest), so a class that clicks the same example is
+served before single visitors; at most `LIMITS.max_queue` wait, and past that `submit` raises `QueueFull` with one
+line that says how long the line is.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Run:
         self._ids = itertools.count(1)
         self._stop = threading.Event()  # no viewer is left: the producer stops after its step
         self.context: Any = None  # what the producer made the run from (the engine's `Prepared`)
+        self.threads: int | None = None  # torch threads its training may use (1 while other runs share the cores)
 
     # viewers
 
@@ -229,11 +232,15 @@ class Runs:
         run._set_state("cancelled")
         self._notify_waiting()
 
+    def _order(self) -> list[Run]:
+        """The waiting runs in the order they will start: most viewers first, then the earliest."""
+        return sorted(self._waiting, key=lambda r: -r.viewers)  # a stable sort: ties keep their order of arrival
+
     def place(self, run: Run) -> Waiting | None:
         with self._lock:
             if run not in self._waiting:
                 return None
-            index = self._waiting.index(run)
+            index = self._order().index(run)
             return Waiting(index + 1, self._eta(index))
 
     def waiting(self) -> int:
@@ -248,7 +255,7 @@ class Runs:
         times of the runs ahead, both scaled by how recent runs' measured times compared with their estimates."""
         ratio, now = self._ratio(), time.monotonic()
         left = sorted(max(0.5, r.expected_s * ratio - (now - (r.started_at or now))) for r in self._running)
-        ahead = [r.expected_s * ratio for r in list(self._waiting)[:index]]
+        ahead = [r.expected_s * ratio for r in self._order()[:index]]
         slots = [0.0] * max(1, self._slots)
         for k, seconds in enumerate(left[: len(slots)]):
             slots[k] = seconds
@@ -260,7 +267,9 @@ class Runs:
     def _schedule(self) -> None:
         """Start waiting runs while there are free slots (called with the lock held)."""
         while self._waiting and len(self._running) < self._slots:
-            run = self._waiting.popleft()
+            run = self._order()[0]
+            self._waiting.remove(run)
+            run.threads = 1 if self._running else None  # sharing the cores: one thread each, no oversubscription
             self._running.append(run)
             run._set_state("running")
             self.started += 1

@@ -46,8 +46,8 @@ def run_summary(record: RunRecord) -> dict:
         "steps_done": live.steps_done if live is not None else 0,
         "stop_reason": live.stop_reason if live is not None else None,
     }
-    if live is not None:
-        summary["config"] = runs.config_record(live.run.config, live.run.model_config)
+    if record.configs is not None:
+        summary["config"] = record.configs
     return summary
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from apm import runs
 from apm.asynchronous import Decoder
 from apm.content import LIVE_LOCATIONS, ContentReference, resize_grid
 from apm.errors import APMError, InputError
@@ -119,6 +120,7 @@ def prepare_run(exp: Experiment, image: Image.Image, image_name: str, features: 
         record.folded = {"param_count": state.param_count, "param_bytes": state.param_bytes, "parts": state.parts}
         record.positional = overfit.model.positional_code()
         record.content_ref = content_reference(record, teacher_grid)
+        record.configs = runs.config_record(overfit.config, overfit.model_config)
     return Prepared(run_id, record, overfit, zero_shot, view)
 
 
@@ -157,7 +159,7 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
 
 
 def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
-                stop: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
+                stop: Callable[[], bool] = lambda: False, threads: int | None = None) -> Iterator[Frame]:
     """Train the prepared run and yield a new `Frame` about every `frame_interval_s`, the last one fully fitted.
     `view()` is read for every frame (None: the view it was prepared with); `stop()` is asked between frames, and
     True ends the training after its step (the frames recorded so far, and a final one, are kept).
@@ -169,7 +171,8 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
     record = prepared.record
     if view is None:
         view = lambda: prepared.view  # noqa: E731
-    live = LiveRun(prepared.overfit, keep=2, threads=LIMITS.train_threads, idle_timeout_s=15.0, backend="auto").start()
+    threads = LIMITS.train_threads or threads
+    live = LiveRun(prepared.overfit, keep=2, threads=threads, idle_timeout_s=15.0, backend="auto").start()
     record.live = live
     seen, pending, asked = 0, None, False
     next_at = time.monotonic()
@@ -220,18 +223,43 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
                      record.run_id, frames, 1000 * total_cpu / frames, live.steps_per_s, live.backend)
 
 
-def producer(prepared: Prepared) -> Callable[[Any], Iterator[Frame]]:
+KEPT = ("steps", "target_loss", "time_budget")  # how a run must end to be kept in the run cache (not stopped)
+
+
+def producer(prepared: Prepared, cache: Any = None) -> Callable[[Any], Iterator[Frame]]:
     """The driver's producer of an islands run: its frames, drawn in the view it was prepared with, until the run
-    ends or nobody watches it (`run.should_stop()`)."""
+    ends or nobody watches it (`run.should_stop()`); a run that ran to its end is kept in `cache` by its key."""
 
     def produce(run) -> Iterator[Frame]:
         record = prepared.record
+        record.created = time.time()
         record.status = "failed"  # unless the frames below all came (the driver hands any error to the viewers)
-        yield from live_frames(prepared, stop=run.should_stop)
+        yield from live_frames(prepared, stop=run.should_stop, threads=run.threads)
         record.status = "stopped" if record.live.stop_reason in ("stopped", "abandoned") else "done"
         record.note = ending(record)[1]
+        if cache is not None and record.key is not None and record.live.stop_reason in KEPT:
+            overfit = prepared.overfit
+            cache.put(record, overfit.model, overfit.images[:1].cpu().numpy(), overfit.grid_scale)
 
     return produce
+
+
+def replay(record: RunRecord, skip: Callable[[], bool] = lambda: False, stop: Callable[[], bool] = lambda: False
+           ) -> Iterator[Frame]:
+    """A recorded run's frames at the live cadence (`LIMITS.frame_interval_s` apart), the last one at once when
+    `skip()` says so; ends early when `stop()` does."""
+    frames = record.frames
+    for k, frame in enumerate(frames):
+        if stop():
+            return
+        if skip() and k < len(frames) - 1:
+            continue
+        yield frame
+        if k < len(frames) - 1:
+            waited = 0.0
+            while waited < LIMITS.frame_interval_s and not skip() and not stop():
+                time.sleep(0.02)
+                waited += 0.02
 
 
 def redraw(frame: Frame, view: View, previous: Projection | None, teacher: Projection | None) -> Frame:
@@ -327,6 +355,9 @@ def decoder_for(record: RunRecord | None) -> Decoder:
     if record.decoder is not None:
         return record.decoder
     live = record.live
+    if getattr(live, "load_decoder", None) is not None:  # a replayed run: its trained APM, from the run cache
+        record.decoder = live.load_decoder()
+        return record.decoder
     if live is None or not record.experiment.trains:
         raise APMError("this run has no APM to decode (the teacher's own islands)")
     if live.alive:

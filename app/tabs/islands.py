@@ -146,6 +146,10 @@ class IslandsTab(Tab):
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", scale=0, min_width=90, size="lg")
             self.status = gr.HTML(status_html("Ready: pick an image and a teacher, then press Run."),
                                   elem_id="status", scale=5, min_width=300)
+            # shown while a recorded run is replayed: its last frame at once, or the same run trained again
+            self.skip_btn = gr.Button("Skip to the end", elem_id="skip", scale=0, min_width=90, size="sm", visible=False)
+            self.anew_btn = gr.Button("Train anew", elem_id="train-anew", scale=0, min_width=90, size="sm",
+                                      visible=False)
             self.copy_link = gr.Button("Copy link", elem_id="copy-link", scale=0, min_width=90, size="sm")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300, elem_id="inputs"):
@@ -193,12 +197,12 @@ class IslandsTab(Tab):
     @property
     def frame_outputs(self) -> list[gr.Component]:
         """What a frame sets (the live stream, the timeline): the status and what the panels draw of a frame."""
-        return [self.status, *(c for panel in self.panels for c in panel.frame_outputs)]
+        return [self.status, self.skip_btn, self.anew_btn, *(c for panel in self.panels for c in panel.frame_outputs)]
 
     @property
     def run_outputs(self) -> list[gr.Component]:
         """What a new run (or a one-pass decoding) sets: the status and every panel, reset then drawn."""
-        return [self.status, *self.panel_outputs]
+        return [self.status, self.skip_btn, self.anew_btn, *self.panel_outputs]
 
     @property
     def visibility_outputs(self) -> list[gr.Component]:
@@ -234,6 +238,13 @@ class IslandsTab(Tab):
         run.then(self.stream, None, self.frame_outputs, concurrency_limit=None, show_progress="hidden",
                  trigger_mode="multiple", **private("stream"))
         self.stop_btn.click(self.stop, None, None, queue=False, **private("stop"))
+        self.skip_btn.click(self.skip, None, None, queue=False, **private("skip"))
+        # Train anew: the same chain as Run, past the run cache (the new recording replaces the old)
+        anew = self.anew_btn.click(self.begin_anew, None, [self.status], queue=False, **private("begin_anew"))
+        anew = anew.then(c.handler(self.prepare_values), c.inputs(), self.run_outputs, preprocess=False,
+                         concurrency_limit=2, concurrency_id="prepare", show_progress="hidden", **private("prepare_anew"))
+        anew.then(self.stream, None, self.frame_outputs, concurrency_limit=None, show_progress="hidden",
+                  **private("stream_anew"))
 
         # a trained APM: its islands of the image at once (one forward pass), no training
         trained_inputs = c.inputs(("image", "checkpoint", "projection", "comparable"))
@@ -326,6 +337,8 @@ class IslandsTab(Tab):
         if not session.is_current(run_id):  # Stop or a newer Run came first
             return {self.status: status_html("stopped before it started")}
         record = prepared.record
+        if prepared.overfit is not None:
+            record.key = engine.run_key(prepared, picture, features, loaded.digest if loaded is not None else "")
         state.view = view
         out = self.reset(record)
         if prepared.overfit is None:  # the teacher's own islands: nothing to train
@@ -345,23 +358,78 @@ class IslandsTab(Tab):
             out.update(panel.reset(record))
         return out
 
+    def begin_anew(self, request: gr.Request = None) -> dict:
+        """Train anew: like Run, but the run cache is not read (the new recording replaces the old one)."""
+        out = self.begin(request=request)
+        session_for(request).islands.fresh = True
+        return out
+
+    def skip(self, request: gr.Request = None) -> None:
+        """Skip to the end of a replay: its last frame at once."""
+        session_for(request).islands.skip = True
+
     @guarded("a run", "the run failed: ")
     def stream(self, request: gr.Request = None) -> Iterator[dict]:
-        """Submit the prepared run to the driver and follow it: its place in line, then each frame's panels."""
+        """Follow the prepared run: replayed from the run cache when this exact run was trained before, joined when
+        it is training for another visitor now, else submitted to the driver (its place in line, then its frames)."""
         session = session_for(request)
         state = session.islands
         prepared, state.prepared = state.prepared, None
+        fresh, state.fresh, state.skip = state.fresh, False, False
         if prepared is None or prepared.overfit is None or not session.is_current(prepared.run_id):
             # nothing to train (failed, stopped, superseded, or teacher islands only): one update that changes
             # nothing, because a generator that yields none has Gradio blank all of its outputs
             yield {self.status: gr.skip()}
             return
+        key = prepared.record.key
+        recorded = engine.RUN_CACHE.get(key) if key is not None and not fresh else None
+        if recorded is not None:
+            yield from self.replay(session, recorded, prepared.run_id)
+            return
         exp = prepared.record.experiment
-        run, viewer, source = engine.drive(None, engine.producer(prepared), estimate_seconds(exp), context=prepared)
+        run, viewer, source = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE), estimate_seconds(exp),
+                                           context=prepared)
         session.watch(run, viewer)
-        state.show(prepared.record)
+        state.show(run.context.record)
         state.source = source
         yield from self.follow(session, run, viewer, prepared.run_id)
+
+    def replay(self, session: Session, record: RunRecord, run_id: int) -> Iterator[dict]:
+        """A recorded run, frame by frame at the live cadence (Skip to the end: the last at once), said plainly."""
+        state = session.islands
+        state.show(record)
+        state.source = "replayed"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created or time.time()))
+        lead = (f"replayed: this exact run was trained on {when} (same image and settings); Train anew runs it "
+                "again")
+        shown = {self.skip_btn: gr.update(visible=True), self.anew_btn: gr.update(visible=True)}
+        last_slow, previous, frame = 0.0, None, None
+        for item in engine.replay(record, skip=lambda: state.skip, stop=lambda: not session.is_current(run_id)):
+            frame, previous = self.in_recorded_view(state, record, item, previous)
+            slow = item.final or time.monotonic() - last_slow >= SLOW_PANELS_EVERY_S
+            if slow:
+                last_slow = time.monotonic()
+            out = self.render(record, frame, live=not item.final, slow=slow, teacher=state.teacher_view)
+            out[self.status] = status_html(engine.status_text(record, frame, lead, shown=True), "running")
+            yield {**out, **shown}
+            shown = {}
+        if session.superseded(run_id) or frame is None:
+            return
+        stopped = not session.is_current(run_id)
+        out = self.render(record, frame, live=False, slow=True, teacher=state.teacher_view)
+        out[self.status] = status_html(engine.status_text(
+            record, frame, f"stopped by you · {lead}" if stopped else lead, shown=True), "done")
+        yield {**out, self.skip_btn: gr.update(visible=False), self.anew_btn: gr.update(visible=True)}
+
+    def in_recorded_view(self, state, record: RunRecord, frame: Frame, previous) -> tuple[Frame, Any]:
+        """A recorded frame as this page draws it (see `in_view`)."""
+        if state.view is None or record.teacher_projection is None or state.view.same_drawing(
+                View(record.experiment, state.view.comparable)):
+            return frame, None
+        if state.teacher_view is None and record.teacher_grid is not None:
+            state.teacher_view = project(record.teacher_grid, state.view.config)
+        drawn = engine.redraw(frame, state.view, previous, state.teacher_view)
+        return drawn, drawn.projection
 
     def follow(self, session: Session, run: engine.Run, viewer: int, run_id: int) -> Iterator[dict]:
         """This page's view of a run: where it stands in line, then each frame (drawn again in this page's own view
@@ -369,6 +437,8 @@ class IslandsTab(Tab):
         state = session.islands
         record = run.context.record
         last_slow, previous = 0.0, None
+        joined = state.source == "joined"
+        lead = "training, joined: the same image and settings were already training" if joined else "training"
         try:
             for item in run.follow(viewer):
                 if session.superseded(run_id):
@@ -383,7 +453,7 @@ class IslandsTab(Tab):
                 slow = time.monotonic() - last_slow >= SLOW_PANELS_EVERY_S
                 if slow:
                     last_slow = time.monotonic()
-                yield self.render(record, frame, live=True, slow=slow, teacher=state.teacher_view)
+                yield self.render(record, frame, live=True, slow=slow, teacher=state.teacher_view, lead=lead)
             if session.superseded(run_id):
                 return
             left = session.stopped_id == session.run_id and not run.finished
@@ -393,6 +463,8 @@ class IslandsTab(Tab):
                 return
             kind, lead = engine.ending(record) if run.finished else ("done", "stopped by you: this page left the run "
                                                                      "(it goes on for the others who watch it)")
+            if joined and run.finished:
+                lead = f"{lead} (joined)"
             last, _ = self.in_view(state, run, record.frames[-1], previous)
             yield self.render(record, last, live=False, slow=True, lead=lead, kind=kind, teacher=state.teacher_view)
         finally:

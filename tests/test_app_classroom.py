@@ -1,0 +1,303 @@
+"""A class at once: the same run is trained once (joined while it trains, replayed once it is kept), the teacher's
+work is shared, the line says where each visitor stands and refuses nobody in silence (tests/test_layout.py
+checks the driver's line on its own; here the page's handlers and the API go through it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import engine
+from app.engine import driver
+from app.testing.harness import ROOT, Req, by_id, example, file_payload, is_error, islands, islands_settings, plain, run_islands
+from app.widgets import STORE
+
+
+@pytest.fixture(autouse=True)
+def run_cache(tmp_path, monkeypatch):
+    """A run cache of this test's own, and a line of this test's own (no run of another test is in it)."""
+    monkeypatch.setenv("APM_RUN_CACHE", str(tmp_path / "runs"))
+    engine.RUN_CACHE.clear_memory()
+    monkeypatch.setattr(driver, "RUNS", driver.Runs(slots=3, max_waiting=8))
+    yield tmp_path / "runs"
+    engine.RUN_CACHE.clear_memory()
+
+
+def consume(gen):
+    """Drain a generator in a thread: (thread, outputs by id, first-output event)."""
+    outputs, first = [], threading.Event()
+
+    def loop():
+        for out in gen:
+            outputs.append(by_id(out))
+            first.set()
+        first.set()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread, outputs, first
+
+
+def start(request: Req, image, **changes):
+    tab = islands()
+    tab.begin(request=request)
+    prepared = by_id(tab.prepare(*islands_settings(image, **changes), request=request))
+    assert not is_error(prepared["status"]), prepared["status"]
+    return consume(tab.stream(request=request))
+
+
+def state(request: Req):
+    return STORE.peek(request.session_hash).islands
+
+
+def drop(*requests: Req) -> None:
+    for request in requests:
+        STORE.drop(request.session_hash)
+
+
+def test_two_visitors_with_the_same_run_train_it_once_and_see_the_same_grid():
+    a, b = Req("class-same-a"), Req("class-same-b")
+    before = driver.RUNS.started
+    thread_a, out_a, first_a = start(a, example(), steps=400)
+    assert first_a.wait(60)
+    thread_b, out_b, first_b = start(b, example(), steps=400)
+    assert first_b.wait(60)
+    thread_a.join(120)
+    thread_b.join(120)
+    assert driver.RUNS.started - before == 1  # one training process for both
+    assert state(a).source == "trained" and state(b).source == "joined"
+    assert any("joined" in plain(o["status"]) for o in out_b) and "joined" in plain(out_b[-1]["status"])
+    assert state(a).run is state(b).run  # one record: the frames are shared, not copied
+    np.testing.assert_array_equal(state(a).run.frames[-1].features, state(b).run.frames[-1].features)
+    assert plain(out_a[-1]["status"]).startswith("done") and plain(out_b[-1]["status"]).startswith("done")
+    drop(a, b)
+
+
+@pytest.mark.parametrize("change", [
+    {"seed": 1}, {"steps": 12}, {"lr": 2e-3}, {"layer": 10}, {"projection": "pca"}, {"perplexity": 10},
+    {"rgb_weight": 0.5}, {"grid": "24"}, {"image": "house"},
+])
+def test_a_change_of_any_one_setting_trains_anew(change):
+    """The same run again is a replay; the same run with one setting changed is a run of its own."""
+    base = {"steps": 10}
+    first = Req("class-key-first")
+    run_islands(first, example(), **base)
+    assert state(first).source == "trained"
+    again = Req("class-key-again")
+    _, stream = run_islands(again, example(), **base)
+    assert state(again).source == "replayed" and "replayed" in plain(stream[-1]["status"])
+    other = Req("class-key-other")
+    image = example(change.get("image", "face"))
+    _, stream = run_islands(other, image, **{**base, **{k: v for k, v in change.items() if k != "image"}})
+    assert state(other).source == "trained", change
+    assert state(other).run.key != state(first).run.key
+    drop(first, again, other)
+
+
+def test_stop_by_one_viewer_leaves_the_run_going_and_the_last_stop_ends_it():
+    a, b = Req("class-stop-a"), Req("class-stop-b")
+    thread_a, out_a, first_a = start(a, example(), steps=2000)
+    assert first_a.wait(60)
+    thread_b, out_b, first_b = start(b, example(), steps=2000)
+    assert first_b.wait(60) and state(b).source == "joined"
+    record = state(a).run
+    islands().stop(request=a)
+    thread_a.join(10)
+    assert not thread_a.is_alive() and "this page left the run" in plain(out_a[-1]["status"])
+    time.sleep(1.0)
+    assert record.live.alive and thread_b.is_alive()  # b still watches: it trains on
+    islands().stop(request=b)
+    thread_b.join(15)
+    assert not thread_b.is_alive() and not record.live.alive and record.status == "stopped"
+    assert plain(out_b[-1]["status"]).startswith("stopped by you") and record.frames[-1].step < 2000
+    drop(a, b)
+
+
+def test_a_replay_ends_on_the_recorded_final_frame_and_train_anew_trains(run_cache):
+    owner = Req("class-replay-owner")
+    run_islands(owner, example(), steps=20)
+    recorded = state(owner).run
+    assert recorded.status == "done" and len(list(run_cache.glob("??/*"))) == 1
+    engine.RUN_CACHE.clear_memory()  # read back from the disk, as another process would
+    viewer = Req("class-replay-viewer")
+    _, stream = run_islands(viewer, example(), steps=20)
+    replayed = state(viewer).run
+    assert state(viewer).source == "replayed" and replayed is not recorded
+    final = plain(stream[-1]["status"])
+    assert final.startswith("replayed: this exact run was trained on") and "Train anew" in final
+    assert stream[0]["train-anew"]["visible"] is True and stream[-1]["skip"]["visible"] is False
+    np.testing.assert_array_equal(replayed.frames[-1].features, recorded.frames[-1].features)
+    np.testing.assert_array_equal(replayed.frames[-1].projection.image, recorded.frames[-1].projection.image)
+    assert [f.step for f in replayed.frames] == [f.step for f in recorded.frames]
+    np.testing.assert_array_equal(replayed.history()["feat_loss"], recorded.history()["feat_loss"])
+    # the panels work on it as on a run of one's own: the timeline, the export, the asynchronous panel
+    tab = islands()
+    scrubbed = by_id(tab.panel("timeline").scrub(replayed.frames[0].step, request=viewer))
+    assert plain(scrubbed["status"]).startswith("showing")
+    exported = by_id(tab.panel("export").export(request=viewer))
+    assert not is_error(exported["status"]) and len(exported["export-files"]["value"]) == 4
+    decoded = [by_id(o) for o in tab.panel("asynchronous").on_decode("row", 64, "rgb", request=viewer)]
+    assert "the same grid as one full pass" in plain(decoded[-1]["async-readout"])
+    # Train anew: trains, and its recording replaces the entry
+    created = replayed.created
+    tab.begin_anew(request=viewer)
+    by_id(tab.prepare(*islands_settings(example(), steps=20), request=viewer))
+    stream = [by_id(o) for o in tab.stream(request=viewer)]
+    assert state(viewer).source == "trained" and plain(stream[-1]["status"]).startswith("done")
+    engine.RUN_CACHE.clear_memory()
+    assert engine.RUN_CACHE.get(recorded.key).created > created
+    drop(owner, viewer)
+
+
+def test_skip_to_the_end_shows_the_last_frame_at_once():
+    owner, viewer = Req("class-skip-owner"), Req("class-skip-viewer")
+    run_islands(owner, example(), steps=60)
+    tab = islands()
+    tab.begin(request=viewer)
+    tab.prepare(*islands_settings(example(), steps=60), request=viewer)
+    gen = tab.stream(request=viewer)
+    next(gen)
+    tab.skip(request=viewer)
+    started = time.monotonic()
+    rest = [by_id(o) for o in gen]
+    assert time.monotonic() - started < 2.0 and len(rest) <= 2  # the final frame, then how it ended
+    assert f"step {state(owner).run.frames[-1].step} /" in plain(rest[-1]["status"])
+    drop(owner, viewer)
+
+
+def test_the_cache_cap_evicts_the_least_recently_used(run_cache, monkeypatch):
+    requests = [Req(f"class-cap-{k}") for k in range(3)]
+    run_islands(requests[0], example(), steps=10)
+    size = engine.RUN_CACHE.size_bytes()
+    monkeypatch.setattr(engine.RUN_CACHE, "_cap", int(2.5 * size))
+    run_islands(requests[1], example(), steps=11)
+    keys = [state(r).run.key for r in requests[:2]]
+    time.sleep(0.05)
+    assert engine.RUN_CACHE.get(keys[0]) is not None  # the first is used again: the second is now the oldest
+    run_islands(requests[2], example(), steps=12)
+    kept = {p.name for p in run_cache.glob("??/*")}
+    assert keys[0] in kept and keys[1] not in kept and state(requests[2]).run.key in kept
+    assert engine.RUN_CACHE.size_bytes() <= 2.5 * size
+    drop(*requests)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage-json", "no-model"])
+def test_a_damaged_entry_is_deleted_with_one_log_line_and_the_run_trains_anew(run_cache, caplog, damage):
+    owner = Req("class-damaged-owner")
+    run_islands(owner, example(), steps=10)
+    folder = next(run_cache.glob("??/*"))
+    if damage == "truncate":
+        data = (folder / "frames.npz").read_bytes()
+        (folder / "frames.npz").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-json":
+        (folder / "record.json").write_text("{not json")
+    else:
+        (folder / "model" / "model.safetensors").unlink()
+    engine.RUN_CACHE.clear_memory()
+    viewer = Req("class-damaged-viewer")
+    with caplog.at_level(logging.WARNING, logger="apm.app"):
+        _, stream = run_islands(viewer, example(), steps=10)
+    assert state(viewer).source == "trained" and plain(stream[-1]["status"]).startswith("done")
+    assert not any(is_error(o.get("status", "")) for o in stream)
+    lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(lines) == 1 and "trains anew" in lines[0]
+    assert (folder / "record.json").is_file()  # the new run was kept in its place
+    drop(owner, viewer)
+
+
+def test_a_full_line_gives_one_line_at_once(monkeypatch):
+    monkeypatch.setattr(driver, "RUNS", driver.Runs(slots=1, max_waiting=1))
+    a, b, c = Req("class-full-a"), Req("class-full-b"), Req("class-full-c")
+    thread_a, _, first_a = start(a, example(), steps=2000)
+    assert first_a.wait(60)
+    thread_b, out_b, first_b = start(b, example("house"), steps=20)
+    assert first_b.wait(30) and "1st in line, about" in plain(out_b[0]["status"])
+    started = time.monotonic()
+    _, stream = run_islands(c, example("car"), steps=20)
+    assert time.monotonic() - started < 10.0  # prepare and the refusal: no wait for a slot
+    text = plain(stream[-1]["status"])
+    assert is_error(stream[-1]["status"]) and "the app is full: 1 runs are waiting; try again in about" in text
+    islands().stop(request=b)  # b leaves the line: its run is never trained
+    thread_b.join(10)
+    assert not thread_b.is_alive() and state(b).run.live is None
+    islands().stop(request=a)
+    thread_a.join(15)
+    drop(a, b, c)
+
+
+def test_the_teacher_is_encoded_once_for_every_visitor():
+    engine.TEACHER_OUTPUTS.clear()
+    misses = engine.TEACHER_OUTPUTS.misses
+    for k in range(3):
+        request = Req(f"class-teacher-{k}")
+        islands().begin(request=request)
+        out = by_id(islands().prepare(*islands_settings(example("flower_photo"), steps=10), request=request))
+        assert not is_error(out["status"])
+        islands().panel("levels").on_levels(file_payload(example("flower_photo")), "dinov2", True, "auto",
+                                            request=request)
+        drop(request)
+    assert engine.TEACHER_OUTPUTS.misses - misses == 2  # the run's layer once, every layer (the strip) once
+
+
+def test_the_api_says_where_a_run_came_from():
+    from app.api import api_run
+
+    def last(request: Req) -> dict:
+        return list(api_run(file_payload(example()), steps=15, request=request))[-1]
+
+    first = last(Req("class-api-1"))
+    second = last(Req("class-api-2"))
+    assert first["source"] == "trained" and second["source"] == "replayed" and second["done"]
+    assert second["n_islands"] == first["n_islands"] and second["grid"] == first["grid"]
+    assert Path(second["snapshots"]["path"]).name == "run.npz"
+    drop(Req("class-api-1"), Req("class-api-2"))
+
+
+def test_two_app_processes_share_one_cache_folder(run_cache):
+    """Replicas behind one address: what one process trained, another process replays from the shared folder."""
+    code = (
+        "from app.testing.harness import Req, example, run_islands\n"
+        "from app.widgets import STORE\n"
+        "request = Req('replica')\n"
+        "run_islands(request, example(), steps=10)\n"
+        "print('SOURCE', STORE.peek('replica').islands.source)\n"
+    )
+    env = {**os.environ, "APM_RUN_CACHE": str(run_cache), "PYTHONPATH": str(ROOT)}
+    sources = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sources.append(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("SOURCE")))
+    assert sources == ["trained", "replayed"]
+    meta = json.loads(next(run_cache.glob("??/*/record.json")).read_text())
+    assert meta["experiment"]["steps"] == 10
+
+
+def test_a_run_key_changes_with_the_apm_version(monkeypatch):
+    import apm
+    from apm.images import load_image
+    from apm.recipes import experiment
+    from app.engine.cache import run_key
+    from app.engine.islands import prepare_run
+    from app.session import View
+
+    exp = experiment("custom", steps=10)
+    picture = load_image(str(example()))
+    prepared = prepare_run(exp, picture, "face.png", None, [], 1, View(exp, True))
+    key = run_key(prepared, picture)
+    assert run_key(prepared, picture) == key
+    monkeypatch.setattr(apm, "__version__", "0.0.0-other")
+    assert run_key(prepared, picture) != key
+    monkeypatch.undo()
+    assert run_key(replace(prepared, view=View(exp, False)), picture) != key  # comparable colours change frames
