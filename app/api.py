@@ -44,6 +44,7 @@ def _error(exc: BaseException, what: str, lead: str) -> dict:
     """The API's error result: one line of ours (the traceback only in the server's log)."""
     if not isinstance(exc, APMError):
         log.error("API %s failed", what, exc_info=exc)
+    lead = "" if getattr(exc, "stands_alone", False) else lead
     return {"status": f"error: {lead}{user_message(exc)}", "done": True, "error": True}
 
 
@@ -148,7 +149,7 @@ def _replay(session: Session, record: RunRecord, run_id: int) -> Iterator[dict]:
         if frame.final:
             break
         yield _progress(record, frame, plain(engine.status_text(record, frame, lead, shown=True)))
-    if not session.is_current(run_id):
+    if not session.is_current(run_id) or session.closed:
         yield {"status": "stopped", "done": True}
         return
     kind, ending = engine.ending(record)
@@ -176,8 +177,10 @@ def _follow(session: Session, run: engine.Run, viewer: int, run_id: int, source:
     if last is None or not record.frames:
         yield {"status": "stopped before the first frame", "done": True}
         return
-    if not run.finished and run.viewers == 0:
-        run.wait_finished(30.0)  # the last viewer stopped it: its final frame comes within a step
+    if session.closed:
+        return  # the client went away: no files for it (its folder is gone)
+    if not run.finished and (session.is_current(run_id) or run.viewers == 0):
+        run.wait_finished(30.0)  # its final frame came (or the last viewer stopped it): it ends within a step
     kind, lead = engine.ending(record)
     if source == "joined":
         lead = f"{lead} (joined)"

@@ -236,6 +236,7 @@ class Session:
         self.run_id = 0  # the newest run asked for; an older run that sees a newer id stops
         self.stopped_id = -1  # the run id Stop made (a run it ended says so; one a newer Run ended goes quiet)
         self.play_id = 0  # the newest Play of the walk; an older one stops
+        self.closed = False  # the tab (or client) went away: nothing more is written for it
         self.last_seen = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=root))
 
@@ -273,6 +274,7 @@ class Session:
         self.stopped_id = self.new_run()
 
     def close(self) -> None:
+        self.closed = True
         self.stop()
         self.islands = IslandsState()
         self.walk = None

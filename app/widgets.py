@@ -251,7 +251,7 @@ class Tab:
         """One of our messages in the status line (and a toast) for a failure; the traceback only in the log."""
         if not isinstance(exc, APMError):
             log.error("%s failed", what, exc_info=exc)
-        message = f"{lead}{user_message(exc)}"
+        message = user_message(exc) if getattr(exc, "stands_alone", False) else f"{lead}{user_message(exc)}"
         toast(message)
         return {self.status: status_html(message, "error")}
 

@@ -226,7 +226,7 @@ def test_a_full_line_gives_one_line_at_once(monkeypatch):
     _, stream = run_islands(c, example("car"), steps=20)
     assert time.monotonic() - started < 10.0  # prepare and the refusal: no wait for a slot
     text = plain(stream[-1]["status"])
-    assert is_error(stream[-1]["status"]) and "the app is full: 1 runs are waiting; try again in about" in text
+    assert is_error(stream[-1]["status"]) and text.lstrip("⚠ ").startswith("the app is full: 1 run is waiting; try again in about")
     islands().stop(request=b)  # b leaves the line: its run is never trained
     thread_b.join(10)
     assert not thread_b.is_alive() and state(b).run.live is None

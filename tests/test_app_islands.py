@@ -248,14 +248,19 @@ def test_stop_before_the_stream_starts():
     STORE.drop(request.session_hash)
 
 
-def test_two_sessions_do_not_see_each_other(corpus):
-    """B waits in line behind A (one training slot) and says so; Stop in A ends A only, and B then runs."""
+def test_two_sessions_do_not_see_each_other(corpus, monkeypatch):
+    """With one training slot, B waits in line behind A and says so; Stop in A ends A only, and B then runs."""
+    from app.engine import driver
+
+    monkeypatch.setattr(driver, "RUNS", driver.Runs(slots=1, max_waiting=8))
     a, b = Req("islands-session-a"), Req("islands-session-b")
     thread_a, out_a, first_a = start(a, example(), steps=2000)
-    assert first_a.wait(60)
-    thread_b, out_b, first_b = start(b, corpus["plain_jpeg"], steps=10)
-    assert first_b.wait(30) and "1st in line" in plain(out_b[0]["status"])
-    islands().stop(request=a)  # stops A only
+    try:
+        assert first_a.wait(60)
+        thread_b, out_b, first_b = start(b, corpus["plain_jpeg"], steps=10)
+        assert first_b.wait(30) and "1st in line" in plain(out_b[0]["status"])
+    finally:
+        islands().stop(request=a)  # stops A only
     thread_a.join(10)
     thread_b.join(60)
     assert "stopped" in plain(out_a[-1]["status"]) and parse_status(out_b[-1]["status"])["lead"] == "done"

@@ -231,7 +231,7 @@ def test_the_driver_line_places_stops_and_refuses_with_one_line():
     assert runs.place(third).eta_s > runs.place(second).eta_s
     assert "2nd in line, about" in runs.place(third).text()
     started = time.monotonic()
-    with pytest.raises(QueueFull, match=r"the app is full: 2 runs are waiting; try again in about \d+ s"):
+    with pytest.raises(QueueFull, match=r"^the app is full: 2 runs are waiting; try again in about \d+ s$"):
         runs.submit(None, _slow(2, 0.01, trained), 2.0)
     assert time.monotonic() - started < 0.5  # at once, not a hang
     third.leave(v3)  # a visitor who leaves the line: that run is never trained

@@ -40,7 +40,9 @@ POLL_S = 0.5  # how often a waiting viewer hears where it stands
 
 
 class QueueFull(APMError):
-    """The line is full: one clear line, at once."""
+    """The line is full: one clear line, at once, that stands alone (no "the run failed:" before it)."""
+
+    stands_alone = True
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,9 @@ class Runs:
                 return found, found.join(), "joined"
             if len(self._waiting) >= self._max_waiting and len(self._running) >= self._slots:
                 eta = self._eta(len(self._waiting))
-                raise QueueFull(f"the app is full: {len(self._waiting)} runs are waiting; try again in about "
-                                f"{format_duration(max(5.0, eta))}")
+                waiting = len(self._waiting)
+                raise QueueFull(f"the app is full: {waiting} {'run is' if waiting == 1 else 'runs are'} waiting; try "
+                                f"again in about {format_duration(max(5.0, eta))}")
             run = Run(key, produce, expected_s, self)
             run.context = context
             viewer = run.join()

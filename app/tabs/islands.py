@@ -456,9 +456,9 @@ class IslandsTab(Tab):
                 yield self.render(record, frame, live=True, slow=slow, teacher=state.teacher_view, lead=lead)
             if session.superseded(run_id):
                 return
-            left = session.stopped_id == session.run_id and not run.finished
-            if left and run.viewers == 0:
-                run.wait_finished(30.0)  # the last viewer stopped it: its final frame comes within a step
+            left = session.stopped_id == session.run_id  # Stop on this page: it left the run
+            if not run.finished and (not left or run.viewers == 0):
+                run.wait_finished(30.0)  # its final frame came (or the last viewer stopped it): it ends within a step
             if not record.frames:
                 return
             kind, lead = engine.ending(record) if run.finished else ("done", "stopped by you: this page left the run "
