@@ -177,3 +177,16 @@ def order_difference(decoder: Decoder, orders: Sequence[str] = ORDERS, chunks: S
             partial = decoder.fill(decode_order(decoder.grid, order, seed), chunk)
             worst = max(worst, largest_difference(partial, full, decoder.scale))
     return worst
+
+
+def decode_everywhere(apm: APM, image: Image.Image, order: str, chunk: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every location decoded in `order`, `chunk` at a time: the grid, its colours and what the decoding took."""
+    decoder = Decoder.from_image(apm, image)
+    locations = decode_order(decoder.grid, order, seed)
+    size = check_chunk(chunk, len(locations))
+    partial = decoder.fill(locations, size)
+    full, _ = decoder.full()
+    record = {"order": order, "chunk": size, "seed": seed if order == "random" else None,
+              "locations": int(partial.mask.sum()), "chunks": partial.chunks, "seconds": partial.seconds,
+              "max_diff": largest_difference(partial, full, decoder.scale)}
+    return partial.features, partial.rgb, record

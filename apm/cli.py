@@ -17,8 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
+from . import runs
+from .asynchronous import decode_everywhere
+from .content import content_line, measure_against
 from .errors import APMError, InputError
-from .io import save_json, save_npz, save_png, write_atomic
+from .io import save_json, write_atomic
 
 log = logging.getLogger("apm")
 
@@ -346,40 +349,15 @@ def cmd_overfit(args: argparse.Namespace) -> int:
         run = OverfitRun(image, target, config, exp.model_config())
     live, interrupted = _run_training(run, "overfit")
     out = Path(args.out)
-    content = _content(live.latest.features, compare, run.model.positional_code())
+    content = measure_against(live.latest.features, compare, run.model.positional_code())
     write_run(out, live, target_info, interrupted, recipe=exp.to_dict(),
               content=content.to_dict() if content is not None else None)
-    _write_islands(out, live.latest.features, exp.projection_config(), grid_shape=None)
+    runs.write_islands(out, live.latest.features, exp.projection_config(), grid_shape=None)
     state = "interrupted" if interrupted else "done"
     print(f"{state}: {live.steps_done} steps, feature loss {live.history.feat_loss[-1]:.3e}, "
           f"wrote {out / 'run.npz'}, {out / 'summary.json'} and {out / 'islands.png'}")
-    _print_content(content)
+    print(content_line(content))
     return EXIT_INTERRUPTED if interrupted else 0
-
-
-ISLANDS_MIN_SIDE = 448  # islands.png is enlarged (nearest neighbour) to at least this many pixels a side
-
-
-def _write_islands(out: Path, features: np.ndarray, config, grid_shape=None, extra: dict | None = None):
-    """islands.png (the grid of island colours, enlarged with nearest neighbour) and islands.npz."""
-    from PIL import Image
-
-    from .islands import project
-
-    projection = project(features, config, full_fit=True)
-    h, w = projection.grid_shape
-    colours = np.asarray(projection.image, dtype=np.float32)  # (h, w, 3) in [0, 1]
-    scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
-    picture = Image.fromarray((colours * 255 + 0.5).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
-    save_png(out / "islands.png", picture)
-    save_npz(
-        out / "islands.npz",
-        embedding=np.asarray(projection.embedding, dtype=np.float32),  # (h*w, k)
-        colours=colours,  # (h, w, 3)
-        grid_shape=np.array([h, w], dtype=np.int64),
-        **(extra or {}),
-    )
-    return projection
 
 
 def cmd_islands(args: argparse.Namespace) -> int:
@@ -396,7 +374,7 @@ def cmd_islands(args: argparse.Namespace) -> int:
     teacher = _teacher(args, teacher_id=exp.teacher, random_weights=exp.random_weights)
     output = teacher.encode(image)
     config = exp.projection_config()
-    projection = _write_islands(out, output.grid, config)
+    projection = runs.write_islands(out, output.grid, config)
     save_json(out / "summary.json", {
         "command": "islands",
         "teacher": asdict(output.info),
@@ -418,7 +396,6 @@ def _environment() -> dict:
 
 def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     """A trained APM's islands of a new image: one forward pass, no training."""
-    from PIL import Image
 
     from .checkpoint import read_config
     from .device import resolve_device
@@ -439,16 +416,14 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     if args.chunk is None and args.order is None:
         features, rgb = predict(apm, image, device)  # (h, w, d), (h, w, 3): one forward pass
     else:
-        features, rgb, decoding = _decode_asynchronously(apm, image, args.order or "row", args.chunk, args.order_seed)
+        features, rgb, decoding = decode_everywhere(apm, image, args.order or "row", args.chunk, args.order_seed)
     exp = experiment("custom", projection=args.projection or "paper", perplexity=args.perplexity,
                      metric=args.metric, tsne_init=args.tsne_init)
     config = exp.projection_config()
-    projection = _write_islands(out, features, config)
+    projection = runs.write_islands(out, features, config)
     write_atomic(out / "features.npy", lambda tmp: np.save(tmp, features.astype(np.float32)))
     h, w = projection.grid_shape
-    colours = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-    scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
-    save_png(out / "rgb.png", Image.fromarray(colours).resize((w * scale, h * scale), Image.NEAREST))
+    runs.write_rgb(out, rgb)
     meta = apm.meta
     content, why = None, "the checkpoint names no teacher"
     if meta.get("teacher"):  # the teacher it was distilled from, to say what its islands rest on
@@ -457,7 +432,7 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
 
         try:
             teacher = create_teacher(meta["teacher"], layer=meta.get("layer"), random_weights=bool(meta.get("random_weights")))
-            content = _content(features, teacher.encode(image).grid, apm.positional_code())
+            content = measure_against(features, teacher.encode(image).grid, apm.positional_code())
         except WeightsUnavailableError as exc:
             why = f"its teacher cannot be loaded here ({exc})"
     save_json(out / "summary.json", {
@@ -480,7 +455,7 @@ def _islands_from_checkpoint(args: argparse.Namespace, image, out: Path) -> int:
     if content is None:
         print(f"content: not measured: {why}")
     else:
-        _print_content(content)
+        print(content_line(content))
     return 0
 
 
@@ -489,21 +464,6 @@ def _check_grid(args: argparse.Namespace, apm) -> None:
     h, w = apm.config.grid
     if getattr(args, "grid", None) is not None and (args.grid, args.grid) != (h, w):
         raise InputError(f"--grid {args.grid}: this checkpoint decodes a {h} x {w} grid (drop --grid)")
-
-
-def _decode_asynchronously(apm, image, order: str, chunk: int | None, seed: int):
-    """Every location decoded in `order`, `chunk` at a time: the grid, its colours and what the decoding took."""
-    from .asynchronous import Decoder, check_chunk, decode_order, largest_difference
-
-    decoder = Decoder.from_image(apm, image)
-    locations = decode_order(decoder.grid, order, seed)
-    size = check_chunk(chunk, len(locations))
-    partial = decoder.fill(locations, size)
-    full, _ = decoder.full()
-    record = {"order": order, "chunk": size, "seed": seed if order == "random" else None,
-              "locations": int(partial.mask.sum()), "chunks": partial.chunks, "seconds": partial.seconds,
-              "max_diff": largest_difference(partial, full, decoder.scale)}
-    return partial.features, partial.rgb, record
 
 
 def cmd_convert_official(args: argparse.Namespace) -> int:
@@ -564,27 +524,6 @@ def write_run(out: Path, live, target_info: dict, interrupted: bool = False, rec
         "content": content,  # what the last snapshot's islands rest on (apm.content), None without a teacher grid
     }
     runs.write_run(out, runs.run_arrays(recorded, curve), summary)
-
-
-def _content(features: np.ndarray, teacher_grid: np.ndarray | None, positional: np.ndarray | None):
-    """The content figures of a grid against a teacher's grid (read at the grid's locations), or None."""
-    from .content import ContentReference, resize_grid
-
-    if teacher_grid is None or np.asarray(teacher_grid).ndim != 3:
-        return None
-    shape = features.shape[:2]
-    return ContentReference(shape, resize_grid(teacher_grid, shape), positional).measure(features)
-
-
-def _print_content(m) -> None:
-    from .content import content_sentence
-
-    if m is None:
-        print("content: no teacher grid to compare with")
-        return
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"content: CKA to teacher {fmt(m.cka_teacher)}, CKA to position {fmt(m.cka_position)}, islands ARI "
-          f"{fmt(m.ari_teacher)}, spread {fmt(m.spread)}: {content_sentence(m)}")
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:

@@ -271,3 +271,20 @@ def content_sentence(m: ContentMetrics) -> str:
         return (f"mostly the positional code: CKA {m.cka_position:.2f} to the location code alone, "
                 f"{m.cka_teacher:.2f} to the teacher")
     return f"the islands follow the teacher only in part (CKA {m.cka_teacher:.2f})"
+
+
+def measure_against(features: np.ndarray, teacher_grid: np.ndarray | None, positional: np.ndarray | None):
+    """The content figures of a grid against a teacher's grid (read at the grid's locations), or None."""
+    if teacher_grid is None or np.asarray(teacher_grid).ndim != 3:
+        return None
+    shape = features.shape[:2]
+    return ContentReference(shape, resize_grid(teacher_grid, shape), positional).measure(features)
+
+
+def content_line(m: ContentMetrics | None) -> str:
+    """The `content:` line the CLI prints: the four figures, then the one sentence."""
+    if m is None:
+        return "content: no teacher grid to compare with"
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return (f"content: CKA to teacher {fmt(m.cka_teacher)}, CKA to position {fmt(m.cka_position)}, islands ARI "
+            f"{fmt(m.ari_teacher)}, spread {fmt(m.spread)}: {content_sentence(m)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import environment_record, save_json, save_npz
+from .io import environment_record, save_json, save_npz, save_png
 
 ARRAYS_FILE = "run.npz"
 SUMMARY_FILE = "summary.json"
@@ -73,3 +73,41 @@ def write_run(out: Path, arrays: dict[str, np.ndarray], summary: dict[str, Any])
     save_npz(out / ARRAYS_FILE, **arrays)
     save_json(out / SUMMARY_FILE, {**summary, "environment": environment_record()})
     return out / ARRAYS_FILE, out / SUMMARY_FILE
+
+
+ISLANDS_MIN_SIDE = 448  # islands.png is enlarged (nearest neighbour) to at least this many pixels a side
+
+
+def write_islands(out: Path, features: np.ndarray, config, grid_shape=None, extra: dict | None = None):
+    """islands.png (the grid of island colours, enlarged with nearest neighbour) and islands.npz (`embedding`
+    (h*w, k), `colours` (h, w, 3), `grid_shape`, and `extra`); returns the projection."""
+    from PIL import Image
+
+    from .islands import project
+
+    projection = project(features, config, full_fit=True)
+    h, w = projection.grid_shape
+    colours = np.asarray(projection.image, dtype=np.float32)  # (h, w, 3) in [0, 1]
+    scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
+    picture = Image.fromarray((colours * 255 + 0.5).astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+    save_png(out / ISLANDS_PNG, picture)
+    save_npz(
+        out / ISLANDS_NPZ,
+        embedding=np.asarray(projection.embedding, dtype=np.float32),  # (h*w, k)
+        colours=colours,  # (h, w, 3)
+        grid_shape=np.array([h, w], dtype=np.int64),
+        **(extra or {}),
+    )
+    return projection
+
+
+
+
+def write_rgb(out: Path, rgb: np.ndarray) -> None:
+    """rgb.png: a decoded grid's colours (h, w, 3) in [0, 1], enlarged like islands.png."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    colours = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    scale = max(1, -(-ISLANDS_MIN_SIDE // max(h, w)))
+    save_png(out / "rgb.png", Image.fromarray(colours).resize((w * scale, h * scale), Image.NEAREST))

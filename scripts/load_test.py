@@ -32,7 +32,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -126,17 +125,9 @@ def start_server(port: int, tmp: Path, env_extra: dict[str, str]) -> subprocess.
 
 def stop_server(proc: subprocess.Popen) -> None:
     """Terminate the server's own process group (it leads it), then kill it if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(15)
+    from app.testing.browser import stop_process
+
+    stop_process(proc)
 
 
 # one client session

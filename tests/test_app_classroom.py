@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,19 @@ import pytest
 
 from app import engine
 from app.engine import driver
-from app.testing.harness import ROOT, Req, by_id, example, file_payload, is_error, islands, islands_settings, plain, run_islands
+from app.testing.harness import (
+    ROOT,
+    Req,
+    by_id,
+    example,
+    file_payload,
+    is_error,
+    islands,
+    islands_settings,
+    plain,
+    run_islands,
+    start_islands,
+)
 from app.widgets import STORE
 
 
@@ -31,29 +42,6 @@ def run_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(driver, "RUNS", driver.Runs(slots=3, max_waiting=8))
     yield tmp_path / "runs"
     engine.RUN_CACHE.clear_memory()
-
-
-def consume(gen):
-    """Drain a generator in a thread: (thread, outputs by id, first-output event)."""
-    outputs, first = [], threading.Event()
-
-    def loop():
-        for out in gen:
-            outputs.append(by_id(out))
-            first.set()
-        first.set()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread, outputs, first
-
-
-def start(request: Req, image, **changes):
-    tab = islands()
-    tab.begin(request=request)
-    prepared = by_id(tab.prepare(*islands_settings(image, **changes), request=request))
-    assert not is_error(prepared["status"]), prepared["status"]
-    return consume(tab.stream(request=request))
 
 
 def state(request: Req):
@@ -68,9 +56,9 @@ def drop(*requests: Req) -> None:
 def test_two_visitors_with_the_same_run_train_it_once_and_see_the_same_grid():
     a, b = Req("class-same-a"), Req("class-same-b")
     before = driver.RUNS.started
-    thread_a, out_a, first_a = start(a, example(), steps=400)
+    thread_a, out_a, first_a = start_islands(a, example(), steps=400)
     assert first_a.wait(60)
-    thread_b, out_b, first_b = start(b, example(), steps=400)
+    thread_b, out_b, first_b = start_islands(b, example(), steps=400)
     assert first_b.wait(60)
     thread_a.join(120)
     thread_b.join(120)
@@ -106,9 +94,9 @@ def test_a_change_of_any_one_setting_trains_anew(change):
 
 def test_stop_by_one_viewer_leaves_the_run_going_and_the_last_stop_ends_it():
     a, b = Req("class-stop-a"), Req("class-stop-b")
-    thread_a, out_a, first_a = start(a, example(), steps=2000)
+    thread_a, out_a, first_a = start_islands(a, example(), steps=2000)
     assert first_a.wait(60)
-    thread_b, out_b, first_b = start(b, example(), steps=2000)
+    thread_b, out_b, first_b = start_islands(b, example(), steps=2000)
     assert first_b.wait(60) and state(b).source == "joined"
     record = state(a).run
     islands().stop(request=a)
@@ -218,9 +206,9 @@ def test_a_damaged_entry_is_deleted_with_one_log_line_and_the_run_trains_anew(ru
 def test_a_full_line_gives_one_line_at_once(monkeypatch):
     monkeypatch.setattr(driver, "RUNS", driver.Runs(slots=1, max_waiting=1))
     a, b, c = Req("class-full-a"), Req("class-full-b"), Req("class-full-c")
-    thread_a, _, first_a = start(a, example(), steps=2000)
+    thread_a, _, first_a = start_islands(a, example(), steps=2000)
     assert first_a.wait(60)
-    thread_b, out_b, first_b = start(b, example("house"), steps=20)
+    thread_b, out_b, first_b = start_islands(b, example("house"), steps=20)
     assert first_b.wait(30) and "1st in line, about" in plain(out_b[0]["status"])
     started = time.monotonic()
     _, stream = run_islands(c, example("car"), steps=20)

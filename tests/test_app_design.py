@@ -165,7 +165,7 @@ def test_every_handler_failure_reaches_the_page_as_our_message(monkeypatch):
     tab.begin(request=request)
     tab.prepare(*islands_settings(example(), steps=10), request=request)
     with monkeypatch.context() as mp:
-        mp.setattr(engine, "producer", lambda prepared: fail)
+        mp.setattr(engine, "producer", lambda *args, **kwargs: fail)
         check(list(tab.stream(request=request))[-1], "the run failed: ")
     tab.begin(request=request)
     tab.prepare(*islands_settings(example(), steps=10), request=request)

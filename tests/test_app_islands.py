@@ -7,7 +7,6 @@ light on a shared 2-core machine.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from app.testing.harness import (
     parse_status,
     plain,
     run_islands,
+    start_islands,
 )
 from app.widgets import STORE
 
@@ -179,32 +179,9 @@ def test_export_before_any_run():
 # stopping, restarting, and sessions that do not see each other
 
 
-def consume(gen):
-    """Drain a generator in a thread: (thread, outputs, first-output event)."""
-    outputs, first = [], threading.Event()
-
-    def loop():
-        for out in gen:
-            outputs.append(by_id(out))
-            first.set()
-        first.set()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread, outputs, first
-
-
-def start(request: Req, image, **changes):
-    tab = islands()
-    tab.begin(request=request)
-    prepared = by_id(tab.prepare(*islands_settings(image, **changes), request=request))
-    assert not is_error(prepared["status"]), prepared["status"]
-    return consume(tab.stream(request=request))
-
-
 def test_stop_ends_the_run_and_keeps_its_frames():
     request = Req("islands-stop")
-    thread, outputs, first = start(request, example(), steps=2000)
+    thread, outputs, first = start_islands(request, example(), steps=2000)
     assert first.wait(60) and outputs
     time.sleep(0.5)
     pressed = time.monotonic()
@@ -226,7 +203,7 @@ def test_stop_ends_the_run_and_keeps_its_frames():
 
 def test_run_during_a_run_starts_the_new_one():
     request = Req("islands-rerun")
-    old, old_outputs, first = start(request, example(), steps=2000)
+    old, old_outputs, first = start_islands(request, example(), steps=2000)
     assert first.wait(60)
     _, stream = run_islands(request, example("house"), steps=10)  # Run again: begin stops the old run
     old.join(10)
@@ -254,10 +231,10 @@ def test_two_sessions_do_not_see_each_other(corpus, monkeypatch):
 
     monkeypatch.setattr(driver, "RUNS", driver.Runs(slots=1, max_waiting=8))
     a, b = Req("islands-session-a"), Req("islands-session-b")
-    thread_a, out_a, first_a = start(a, example(), steps=2000)
+    thread_a, out_a, first_a = start_islands(a, example(), steps=2000)
     try:
         assert first_a.wait(60)
-        thread_b, out_b, first_b = start(b, corpus["plain_jpeg"], steps=10)
+        thread_b, out_b, first_b = start_islands(b, corpus["plain_jpeg"], steps=10)
         assert first_b.wait(30) and "1st in line" in plain(out_b[0]["status"])
     finally:
         islands().stop(request=a)  # stops A only

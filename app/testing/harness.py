@@ -144,3 +144,29 @@ def parse_status(value: Any) -> dict:
 
 def example(stem: str = "face") -> Path:
     return next(p for p in EXAMPLES.iterdir() if p.stem == stem)
+
+
+def consume(gen) -> tuple:
+    """Drain a generator of handler outputs in a thread: (thread, outputs by id, first-output event)."""
+    import threading
+
+    outputs, first = [], threading.Event()
+
+    def loop():
+        for out in gen:
+            outputs.append(by_id(out))
+            first.set()
+        first.set()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread, outputs, first
+
+
+def start_islands(request: Req, image, **changes) -> tuple:
+    """Run's begin and prepare, then its stream drained in a thread (`consume`): for runs watched as they go."""
+    tab = islands()
+    tab.begin(request=request)
+    prepared = by_id(tab.prepare(*islands_settings(image, **changes), request=request))
+    assert not is_error(prepared["status"]), prepared["status"]
+    return consume(tab.stream(request=request))
