@@ -97,22 +97,29 @@ def api_run(
     array = read_features(features_payload) if exp.teacher == FILE_TEACHER else None
     state.view = View(exp, True)
     loaded = trained.load(exp.checkpoint, session)
-    prepared = engine.prepare_run(exp, picture, file_name(image_payload), array, parse_labels(labels), run_id,
-                                  state.view, loaded)
-    record = prepared.record
-    state.show(record)
-    if prepared.overfit is None:
+    wanted = parse_labels(labels)
+    # the same run trained before, or training now: replayed or joined, with nothing prepared again
+    key = engine.run_key(exp, state.view, picture, wanted, array, loaded) if exp.trains else None
+    with engine.preparing(key):  # the same run asked for at once by many: prepared and submitted once
+        found = engine.find_run(key)
+        if found is None:
+            prepared = engine.prepare_run(exp, picture, file_name(image_payload), array, wanted, run_id, state.view,
+                                          loaded)
+            record = prepared.record
+            record.key = key if prepared.overfit is not None else None
+            if prepared.overfit is not None:
+                found = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE), estimate_seconds(exp),
+                                     context=prepared)
+    if found is None:  # the teacher's own islands: nothing to train
+        state.show(record)
         yield {"status": plain(engine.status_text(record, None, "done: the teacher's own islands")), "done": True,
                "islands": _file(session, run_id, "teacher-islands.png", record.teacher_projection.image)}
         return
-    key = record.key = engine.run_key(prepared, picture, array, loaded.digest if loaded is not None else "")
-    recorded = engine.RUN_CACHE.get(key)
-    if recorded is not None:
-        state.show(recorded)
-        yield from _replay(session, recorded, run_id)
+    if found[0] == "replayed":
+        state.show(found[1])
+        yield from _replay(session, found[1], run_id)
         return
-    run, viewer, source = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE), estimate_seconds(exp),
-                                       context=prepared)
+    run, viewer, source = found if len(found) == 3 else (*found[1], "joined")
     session.watch(run, viewer)
     state.show(run.context.record)
     yield from _follow(session, run, viewer, run_id, source)

@@ -181,7 +181,6 @@ class IslandsState:
     """What the Islands tab holds for one session."""
 
     run: RunRecord | None = None  # the run the page shows (training, finished, or one trained APM's pass)
-    prepared: Prepared | None = None  # the next run, validated and built, waiting for its stream
     view: View | None = None  # how islands are drawn now (a live run reads it for every frame)
     levels: Levels | None = None  # the levels strip of the image on the page
     point: tuple[int, int] | None = None  # the location last pointed at
@@ -192,6 +191,7 @@ class IslandsState:
     teacher_view: Projection | None = None  # the teacher's islands in this page's view, when it is not the run's
     source: str = "trained"  # how this page got the run: trained | joined | replayed
     fresh: bool = False  # the next run is trained anew (Train anew): the run cache is not read
+    pending: Any = None  # (run id, "replayed" | "joined", the record or (run, viewer)): found by its key, unprepared
     skip: bool = False  # Skip to the end: a replay shows its last frame at once
 
     def show(self, record: RunRecord) -> None:
@@ -246,7 +246,7 @@ class Session:
         with self.lock:
             self.run_id += 1
             self.play_id += 1
-            self.islands.prepared = None
+            self.islands.pending = None
             watching, self.watching = self.watching, []
         for run, viewer, leave in watching:
             if leave:

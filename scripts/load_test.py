@@ -163,7 +163,9 @@ def visit(url: str, image: str, kind: str, timeout_s: float) -> Visit:
     out = Visit(kind)
     client = None
     try:
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        # a browser waits for the page as long as it takes; httpx's default (5 s) would count a slow page as lost
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False,
+                        httpx_kwargs={"timeout": 120})
         t0 = time.monotonic()
         job = client.submit(image=handle_file(image), api_name="/run")
         seen = 0

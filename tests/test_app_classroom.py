@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -211,10 +210,11 @@ def test_a_full_line_gives_one_line_at_once(monkeypatch):
     thread_b, out_b, first_b = start_islands(b, example("house"), steps=20)
     assert first_b.wait(30) and "1st in line, about" in plain(out_b[0]["status"])
     started = time.monotonic()
-    _, stream = run_islands(c, example("car"), steps=20)
+    prepared, stream = run_islands(c, example("car"), steps=20)  # the run is refused when it is submitted
     assert time.monotonic() - started < 10.0  # prepare and the refusal: no wait for a slot
-    text = plain(stream[-1]["status"])
-    assert is_error(stream[-1]["status"]) and text.lstrip("⚠ ").startswith("the app is full: 1 run is waiting; try again in about")
+    text = plain(prepared["status"])
+    assert is_error(prepared["status"]) and text.lstrip("⚠ ").startswith("the app is full: 1 run is waiting; try again in about")
+    assert [set(o) for o in stream] == [{"status"}]  # and nothing streams after it
     islands().stop(request=b)  # b leaves the line: its run is never trained
     thread_b.join(10)
     assert not thread_b.is_alive() and state(b).run.live is None
@@ -272,20 +272,20 @@ def test_two_app_processes_share_one_cache_folder(run_cache):
     assert meta["experiment"]["steps"] == 10
 
 
-def test_a_run_key_changes_with_the_apm_version(monkeypatch):
+def test_a_run_key_changes_with_the_apm_version_and_what_it_computes(monkeypatch):
     import apm
     from apm.images import load_image
     from apm.recipes import experiment
     from app.engine.cache import run_key
-    from app.engine.islands import prepare_run
     from app.session import View
 
     exp = experiment("custom", steps=10)
     picture = load_image(str(example()))
-    prepared = prepare_run(exp, picture, "face.png", None, [], 1, View(exp, True))
-    key = run_key(prepared, picture)
-    assert run_key(prepared, picture) == key
+    key = run_key(exp, View(exp, True), picture)
+    assert run_key(exp, View(exp, True), load_image(str(example()))) == key  # the same pixels, the same key
+    assert run_key(exp, View(exp, False), picture) != key  # comparable colours change the frames
+    assert run_key(exp, View(exp, True), picture, ["a cat"]) == key  # labels only count for a teacher that reads text
+    clip = experiment("custom", teacher="clip", steps=10)
+    assert run_key(clip, View(clip, True), picture, ["a cat"]) != run_key(clip, View(clip, True), picture, ["a dog"])
     monkeypatch.setattr(apm, "__version__", "0.0.0-other")
-    assert run_key(prepared, picture) != key
-    monkeypatch.undo()
-    assert run_key(replace(prepared, view=View(exp, False)), picture) != key  # comparable colours change frames
+    assert run_key(exp, View(exp, True), picture) != key

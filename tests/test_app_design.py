@@ -162,10 +162,12 @@ def test_every_handler_failure_reaches_the_page_as_our_message(monkeypatch):
         mp.setattr(engine, "prepare_run", fail)
         tab.begin(request=request)
         check(tab.prepare(*islands_settings(example(), steps=10), request=request))
-    tab.begin(request=request)
-    tab.prepare(*islands_settings(example(), steps=10), request=request)
-    with monkeypatch.context() as mp:
-        mp.setattr(engine, "producer", lambda *args, **kwargs: fail)
+    with monkeypatch.context() as mp:  # the run's own thread fails: every viewer hears it
+        from app.engine import islands as engine_islands
+
+        mp.setattr(engine_islands, "live_frames", fail)
+        tab.begin(request=request)
+        tab.prepare(*islands_settings(example(), steps=11), request=request)
         check(list(tab.stream(request=request))[-1], "the run failed: ")
     tab.begin(request=request)
     tab.prepare(*islands_settings(example(), steps=10), request=request)

@@ -14,7 +14,7 @@ and the library (`apm`), never a tab or a panel.
 
 from __future__ import annotations
 
-from .cache import RUN_CACHE, RunCache, run_key
+from .cache import RUN_CACHE, RunCache, find_run, preparing, run_key
 from .driver import RUNS, QueueFull, Run, Runs, Waiting, drive
 from .export import export_run, run_summary
 from .islands import (
@@ -37,7 +37,7 @@ from .walk import PROJECTIONS as WALK_PROJECTIONS
 from .walk import export_walk, train_and_walk, trained_walk
 
 __all__ = [
-    "RUNS", "RUN_CACHE", "RunCache", "run_key", "replay", "TEACHER_OUTPUTS", "WALK_PROJECTIONS", "QueueFull", "Run", "Runs", "Waiting", "content_reference",
+    "RUNS", "RUN_CACHE", "RunCache", "find_run", "preparing", "run_key", "replay", "TEACHER_OUTPUTS", "WALK_PROJECTIONS", "QueueFull", "Run", "Runs", "Waiting", "content_reference",
     "decoder_for", "drive", "encode_image", "ending", "export_run", "export_walk", "image_digest", "live_frames",
     "make_frame", "one_pass_run", "prepare_run", "producer", "redraw", "run_summary", "status_text", "teacher_key",
     "train_and_walk", "trained_experiment", "trained_walk", "zero_gpu",

@@ -18,6 +18,7 @@ used out), so every viewer of a replay shares one record: its frames are never c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ from apm.env import run_cache_bytes, run_cache_dir
 from apm.errors import APMError
 from apm.islands import IslandMetrics, Projection
 from apm.live import History
+from apm.recipes import Experiment
 from apm.teachers import weights_identity
 
-from ..session import Frame, Prepared, RecordedRun, RunRecord
+from ..session import Frame, RecordedRun, RunRecord, View
 from ..settings import LIMITS
 from .teacher import image_digest
 
@@ -54,20 +56,29 @@ _CLASSES = {cls.__name__: cls for cls in (Frame, Projection, IslandMetrics, Cont
 _HISTORY = ("step", "feat_loss", "rgb_loss", "global_loss", "lr", "elapsed_s")
 
 
-def run_key(prepared: Prepared, image: Image.Image, features: np.ndarray | None = None,
-            checkpoint_digest: str = "") -> str:
-    """The identity of a prepared run: equal keys compute the same frames (the same image bytes and settings)."""
-    record, view = prepared.record, prepared.view
-    exp = record.experiment
-    random_weights = exp.random_weights if exp.random_weights is not None else None
+def run_key(exp: Experiment, view: View, image: Image.Image, labels: list[str] = (), features: np.ndarray | None = None,
+            loaded: Any = None) -> str:
+    """The identity of a run, known before anything is computed: equal keys compute the same frames (the same
+    image bytes and settings), so a run with a known key is joined or replayed without being prepared again.
+    `loaded`: the trained APM it starts from (`app.trained.Loaded`), whose teacher and bytes count."""
+    from apm.recipes import FILE_TEACHER
+    from apm.teachers import teacher_spec
+
+    from .islands import trained_experiment
+
+    if loaded is not None:
+        exp = trained_experiment(exp, loaded)
+    if exp.teacher == FILE_TEACHER and features is not None:  # the target follows the array (`prepare_run`)
+        exp = replace(exp, target="dense" if np.ndim(features) == 3 else "global")
+    zero_shot = exp.uses_teacher and teacher_spec(exp.teacher).supports_zero_shot
     parts = {
         "apm": apm.__version__,
         "image": image_digest(image),
         "features": None if features is None else hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest(),
         "experiment": exp.to_dict(),
-        "teacher_weights": weights_identity(exp.teacher, random_weights) if exp.uses_teacher else None,
-        "checkpoint": checkpoint_digest,
-        "labels": list(record.labels),
+        "teacher_weights": weights_identity(exp.teacher, exp.random_weights) if exp.uses_teacher else None,
+        "checkpoint": getattr(loaded, "digest", "") if loaded is not None else "",
+        "labels": list(labels) if zero_shot else [],  # labels only change what a text-reading teacher computes
         "view": {"projection": asdict(view.config), "comparable": view.comparable},
         "limits": {"max_run_seconds": LIMITS.max_run_seconds},  # a cut-off run depends on where it was cut
     }
@@ -307,3 +318,38 @@ def _decoder(folder: Path):
 
 RUN_CACHE = RunCache()
 
+
+
+_PREPARING: dict[str, threading.Lock] = {}
+_PREPARING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def preparing(key: str | None):
+    """One preparation of a key at a time: a class that clicks the same example at once prepares (encodes, builds,
+    submits) its run once; the others wait here, then find it and join it."""
+    if key is None:
+        yield
+        return
+    with _PREPARING_LOCK:
+        lock = _PREPARING.setdefault(key, threading.Lock())
+    with lock:
+        yield
+    with _PREPARING_LOCK:
+        if not lock.locked() and _PREPARING.get(key) is lock:
+            del _PREPARING[key]
+
+
+def find_run(key: str | None, fresh: bool = False) -> tuple[str, Any] | None:
+    """A run of `key` that needs no preparing: ("replayed", its recorded `RunRecord`) from the run cache, or
+    ("joined", (run, viewer id)) of a run in line or in progress; None when it must be prepared and trained
+    (`fresh`: Train anew, the cache is not read)."""
+    from . import driver
+
+    if key is None:
+        return None
+    recorded = None if fresh else RUN_CACHE.get(key)
+    if recorded is not None:
+        return "replayed", recorded
+    joined = driver.RUNS.join(key)
+    return ("joined", joined) if joined is not None else None

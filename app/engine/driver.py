@@ -223,6 +223,16 @@ class Runs:
             self._schedule()
             return run, viewer, "trained"
 
+    def join(self, key: str | None) -> tuple[Run, int] | None:
+        """Join the run of `key` in line or in progress: (run, this viewer's id), or None when there is none."""
+        if key is None:
+            return None
+        with self._lock:
+            found = self._by_key.get(key)
+            if found is None or found.finished or found._stop.is_set():
+                return None
+            return found, found.join()
+
     def withdraw(self, run: Run) -> None:
         """A run nobody watches: out of the line if it is still waiting (it never trains); a running one stops
         itself (`should_stop`)."""
@@ -310,5 +320,5 @@ RUNS = Runs()
 
 def drive(key: str | None, produce: Callable[[Run], Iterator[Any]], expected_s: float,
           context: Any = None) -> tuple[Run, int, str]:
-    """Submit a run to the app's one line (`RUNS`)."""
+    """Submit a run to the app's one line (`RUNS`, read when called: a test may give it a line of its own)."""
     return RUNS.submit(key, produce, expected_s, context)

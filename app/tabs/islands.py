@@ -332,13 +332,34 @@ class IslandsTab(Tab):
         features = read_features(settings.features) if exp.teacher == FILE_TEACHER else None
         view = View(exp, settings.comparable)
         loaded = trained.load(exp.checkpoint, session)
+        # the same run trained before, or training now: replayed or joined, with nothing prepared again
+        key = engine.run_key(exp, view, picture, settings.labels, features, loaded) if exp.trains else None
+        with engine.preparing(key):  # the same run asked for at once by many: prepared and submitted once
+            found = engine.find_run(key, fresh=state.fresh)
+            if found is None:
+                return self._prepare_new(session, settings, picture, features, view, loaded, key, run_id)
+        source, what = found
+        if source == "joined":
+            session.watch(*what)  # left again by Stop or a newer run, even before the stream starts
+            if not session.is_current(run_id):  # Stop or a newer Run came first
+                what[0].leave(what[1])
+                return {self.status: status_html("stopped before it started")}
+        record = what if source == "replayed" else what[0].context.record
+        state.view, state.pending = view, (run_id, source, what)
+        out = self.reset(record)
+        out[self.status] = status_html(f"{'replaying' if source == 'replayed' else 'joining'} the same run "
+                                       f"(same image and settings) · {record.teacher_label}", "running")
+        return out
+
+    def _prepare_new(self, session: Session, settings: Any, picture: Any, features: Any, view: View, loaded: Any,
+                     key: str | None, run_id: int) -> dict:
+        """Encode, build and submit a run nobody has asked for yet (its place in line is kept from now on)."""
+        state, exp = session.islands, settings.experiment
         prepared = engine.prepare_run(exp, picture, file_name(settings.image), features, settings.labels, run_id,
                                       view, loaded)
         if not session.is_current(run_id):  # Stop or a newer Run came first
             return {self.status: status_html("stopped before it started")}
         record = prepared.record
-        if prepared.overfit is not None:
-            record.key = engine.run_key(prepared, picture, features, loaded.digest if loaded is not None else "")
         state.view = view
         out = self.reset(record)
         if prepared.overfit is None:  # the teacher's own islands: nothing to train
@@ -347,8 +368,12 @@ class IslandsTab(Tab):
                 f"done · the teacher's own islands: {record.grid_shape[0]} x {record.grid_shape[1]} locations, "
                 f"{label_of(exp.projection, PROJECTION_CHOICES)} · {record.teacher_label}", "done")
             return out
-        state.prepared = prepared
-        expected = format_duration(estimate_seconds(prepared.record.experiment))
+        record.key = key
+        run, viewer, source = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE),
+                                           estimate_seconds(record.experiment), context=prepared)
+        session.watch(run, viewer)
+        state.pending = (run_id, source, (run, viewer))
+        expected = format_duration(estimate_seconds(record.experiment))
         out[self.status] = status_html(f"training starts (expected {expected}) · {record.teacher_label}", "running")
         return out
 
@@ -374,25 +399,21 @@ class IslandsTab(Tab):
         it is training for another visitor now, else submitted to the driver (its place in line, then its frames)."""
         session = session_for(request)
         state = session.islands
-        prepared, state.prepared = state.prepared, None
-        fresh, state.fresh, state.skip = state.fresh, False, False
-        if prepared is None or prepared.overfit is None or not session.is_current(prepared.run_id):
-            # nothing to train (failed, stopped, superseded, or teacher islands only): one update that changes
-            # nothing, because a generator that yields none has Gradio blank all of its outputs
-            yield {self.status: gr.skip()}
+        pending, state.pending = state.pending, None
+        state.fresh = state.skip = False  # Train anew was read when the run was prepared
+        if pending is not None and session.is_current(pending[0]):  # found by its key when it was prepared
+            run_id, source, what = pending
+            if source == "replayed":
+                yield from self.replay(session, what, run_id)
+                return
+            run, viewer = what
+            state.show(run.context.record)
+            state.source = source
+            yield from self.follow(session, run, viewer, run_id)
             return
-        key = prepared.record.key
-        recorded = engine.RUN_CACHE.get(key) if key is not None and not fresh else None
-        if recorded is not None:
-            yield from self.replay(session, recorded, prepared.run_id)
-            return
-        exp = prepared.record.experiment
-        run, viewer, source = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE), estimate_seconds(exp),
-                                           context=prepared)
-        session.watch(run, viewer)
-        state.show(run.context.record)
-        state.source = source
-        yield from self.follow(session, run, viewer, prepared.run_id)
+        # nothing to follow (failed, stopped, superseded, or teacher islands only): one update that changes
+        # nothing, because a generator that yields none has Gradio blank all of its outputs
+        yield {self.status: gr.skip()}
 
     def replay(self, session: Session, record: RunRecord, run_id: int) -> Iterator[dict]:
         """A recorded run, frame by frame at the live cadence (Skip to the end: the last at once), said plainly."""
