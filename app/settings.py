@@ -23,7 +23,7 @@ class Limits:
     max_steps: int = 2000  # APM_MAX_STEPS
     max_run_seconds: float = 120.0  # APM_MAX_RUN_SECONDS: a run is cut off here
     max_queue: int = 64  # APM_MAX_QUEUE: runs waiting for a slot; past this a visitor is told the app is full
-    max_concurrent_runs: int = 3  # APM_MAX_CONCURRENT_RUNS: runs training at once (one thread each when shared)
+    max_concurrent_runs: int = 2  # APM_MAX_CONCURRENT_RUNS: runs training at once (one thread each when shared)
     train_threads: int | None = None  # APM_TRAIN_THREADS: torch threads of a training thread
     frame_interval_s: float = 0.22  # the page hears from a run about this often (4.5 updates a second)
     render_share: float = 0.18  # frames are spaced so rendering takes at most this share of one core

@@ -36,6 +36,7 @@ from ..settings import LIMITS
 log = logging.getLogger("apm.app")
 
 IDLE_TIMEOUT_S = 15.0  # a run nobody has looked at for this long ends (its tabs were closed)
+GATHER_S = 1.0  # in a burst of submissions (a class clicking at once), runs wait this long to be ranked by viewers
 POLL_S = 0.5  # how often a waiting viewer hears where it stands
 
 
@@ -192,6 +193,8 @@ class Runs:
         self._running: list[Run] = []
         self._ratios: deque[float] = deque(maxlen=20)  # measured / expected seconds of recent runs
         self.started = 0  # runs whose producer ran (a test counts trainings with it)
+        self._last_submit = -1e9
+        self._burst_until = 0.0  # before this, runs of a burst wait to be ranked by their viewers
 
     @property
     def _slots(self) -> int:
@@ -217,6 +220,12 @@ class Runs:
             run = Run(key, produce, expected_s, self)
             run.context = context
             viewer = run.join()
+            now = time.monotonic()
+            if now - self._last_submit < GATHER_S:  # a burst: rank what arrives in it before the slots are given
+                if self._burst_until < now:
+                    self._burst_until = now + GATHER_S
+                    threading.Timer(GATHER_S, self._reschedule).start()
+            self._last_submit = now
             if key is not None:
                 self._by_key[key] = run
             self._waiting.append(run)
@@ -277,8 +286,16 @@ class Runs:
             slots[0] += seconds
         return min(slots)
 
+    def _reschedule(self) -> None:
+        with self._lock:
+            self._schedule()
+
     def _schedule(self) -> None:
-        """Start waiting runs while there are free slots (called with the lock held)."""
+        """Start waiting runs while there are free slots (called with the lock held); in a burst, only once it has
+        gathered (`GATHER_S`), so that the runs most visitors wait for take the slots first."""
+        if time.monotonic() < self._burst_until:
+            self._notify_waiting()
+            return
         while self._waiting and len(self._running) < self._slots:
             run = self._order()[0]
             self._waiting.remove(run)
