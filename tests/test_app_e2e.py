@@ -282,13 +282,12 @@ def test_3d_camera_stays_where_the_user_put_it(browser, server):
         if turned != default:
             break
     assert turned != default
-    # an update after the drag (a live frame, or the final one: the drag itself can take most of a run while the
-    # browser draws a 3D scene on a 2-core machine, and a run that ended during it has no later update to wait for)
-    at_drag = status(page)
-    if not re.match(FINISHED, at_drag):
-        page.wait_for_function("(before) => ((document.querySelector('#status') || {}).innerText || '') !== before",
-                               arg=at_drag, timeout=120_000)
-        page.wait_for_timeout(1_000)  # the update's figure drawn
+    step, total = status_step(status(page))
+    try:
+        page.wait_for_function(js_step_above(min(step + 40, total - 1)), timeout=120_000)  # live updates later
+    except Exception:
+        page.click("#stop")  # never leave a run going for the next test
+        raise
     assert page.evaluate(JS_CAMERA_EYE) == pytest.approx(turned)
     page.click("#stop")
     wait_text(page, "status", FINISHED, 30_000)
