@@ -138,6 +138,24 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def resolved(self) -> Experiment:
+        """The same settings with every default spelled out (the teacher's layer, the preset's learning rate, the
+        view's perplexity, distance and start, APM_RANDOM_WEIGHTS): settings that compute the same run are equal,
+        however they were given (the page sends every value, the API and the CLI may omit them)."""
+        from .env import random_weights_default
+
+        view = self.projection_config()
+        layer = self.layer
+        if self.uses_teacher:
+            from .teachers import teacher_spec
+            from .teachers.base import resolve_layer
+
+            spec = teacher_spec(self.teacher)
+            layer = resolve_layer(layer, spec.num_layers, spec.display_name) % spec.num_layers
+        return replace(self, layer=layer, lr=self.effective_lr, perplexity=float(view.perplexity), metric=view.metric,
+                       tsne_init=view.init, random_weights=random_weights_default() if self.random_weights is None
+                       else bool(self.random_weights))
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Experiment:
         """Settings from a dict (a summary file, a shared link); unknown keys are an `InputError`."""

@@ -19,7 +19,7 @@ from PIL import Image
 from apm.errors import APMError
 from apm.io import write_atomic
 from apm.model import check_grid
-from apm.recipes import FILE_TEACHER, estimate_seconds, experiment
+from apm.recipes import FILE_TEACHER, experiment
 
 from . import engine, pictures, trained
 from .controls import WALK_DEFAULT_FRAMES, WALK_DEFAULT_STEPS, parse_labels, read_walk
@@ -28,6 +28,7 @@ from .widgets import (
     choice,
     file_name,
     guarded,
+    page_experiment,
     page_teacher,
     plain,
     read_features,
@@ -87,7 +88,7 @@ def api_run(
     state = session.islands
     run_id = session.new_run()
     if teacher is None:
-        teacher = page_teacher(experiment(recipe).teacher)
+        teacher = page_experiment(recipe).teacher
     exp = experiment(recipe, teacher=teacher, layer=layer, target=target, steps=steps, lr=lr, seed=seed,
                      preset=preset, projection=projection, perplexity=perplexity, random_weights=random_weights,
                      checkpoint=checkpoint or "", grid=check_grid(grid))
@@ -97,31 +98,20 @@ def api_run(
     array = read_features(features_payload) if exp.teacher == FILE_TEACHER else None
     state.view = View(exp, True)
     loaded = trained.load(exp.checkpoint, session)
-    wanted = parse_labels(labels)
     # the same run trained before, or training now: replayed or joined, with nothing prepared again
-    key = engine.run_key(exp, state.view, picture, wanted, array, loaded) if exp.trains else None
-    with engine.preparing(key):  # the same run asked for at once by many: prepared and submitted once
-        found = engine.find_run(key)
-        if found is None:
-            prepared = engine.prepare_run(exp, picture, file_name(image_payload), array, wanted, run_id, state.view,
-                                          loaded)
-            record = prepared.record
-            record.key = key if prepared.overfit is not None else None
-            if prepared.overfit is not None:
-                found = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE), estimate_seconds(exp),
-                                     context=prepared)
-    if found is None:  # the teacher's own islands: nothing to train
-        state.show(record)
+    started = engine.start_run(exp, state.view, picture, file_name(image_payload), array, parse_labels(labels), run_id,
+                               loaded)
+    record = started.record
+    state.show(record)
+    if started.source == "teacher":  # the teacher's own islands: nothing to train
         yield {"status": plain(engine.status_text(record, None, "done: the teacher's own islands")), "done": True,
                "islands": _file(session, run_id, "teacher-islands.png", record.teacher_projection.image)}
         return
-    if found[0] == "replayed":
-        state.show(found[1])
-        yield from _replay(session, found[1], run_id)
+    if started.source == "replayed":
+        yield from _replay(session, record, run_id)
         return
-    run, viewer, source = found if len(found) == 3 else (*found[1], "joined")
+    run, viewer, source = started.run, started.viewer, started.source
     session.watch(run, viewer)
-    state.show(run.context.record)
     yield from _follow(session, run, viewer, run_id, source)
 
 
@@ -171,7 +161,7 @@ def _follow(session: Session, run: engine.Run, viewer: int, run_id: int, source:
     try:
         for item in run.follow(viewer):
             if isinstance(item, engine.Waiting):
-                yield {"status": f"waiting for a free slot: {item.text()}", "step": 0, "total_steps": record.total_steps,
+                yield {"status": item.status(), "step": 0, "total_steps": record.total_steps,
                        "done": False, "position": item.position}
                 continue
             last = item
@@ -237,7 +227,7 @@ def api_walk(
     watch = lambda run, viewer: session.watch(run, viewer, leave_on_stop=False)  # noqa: E731 - /stop ends training
     for update in engine.train_and_walk(settings.experiment, images, settings.frames, settings.projection, watch):
         if update["stage"] == "waiting":
-            yield {"status": f"waiting for a free slot: {update['waiting'].text()}", "done": False}
+            yield {"status": update["waiting"].status(), "done": False}
         elif update["stage"] == "training":
             yield {"status": f"training · step {update['step']} / {update['total']}", "step": update["step"],
                    "total_steps": update["total"], "done": False}

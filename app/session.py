@@ -270,7 +270,8 @@ class Session:
         return run_id != self.run_id and self.stopped_id != self.run_id
 
     def stop(self) -> None:
-        """Stop: the run in progress ends after its step, a prepared run never starts, Play pauses."""
+        """Stop: this session leaves the runs it watches (a run nobody else watches ends after its step, a walk
+        asked to stop decodes what it trained), a prepared run is never submitted, Play pauses."""
         self.stopped_id = self.new_run()
 
     def close(self) -> None:

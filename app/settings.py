@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from apm.env import env_float, env_int, train_threads
 from apm.errors import InputError
 from apm.islands import PROJECTION_LABELS
-from apm.recipes import FILE_TEACHER, RECIPES, TARGETS, check_steps
+from apm.recipes import FILE_TEACHER, RECIPES, TARGETS, Experiment, check_steps, experiment
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,12 @@ def page_teacher(teacher_id: str) -> str:
     from apm.teachers import hub_free_substitute
 
     return teacher_id if random_weights_default() else hub_free_substitute(teacher_id)
+
+
+def page_experiment(recipe: str = "custom") -> Experiment:
+    """A recipe's settings as the page starts them (and as an API call that names no teacher gets them)."""
+    start = experiment(recipe)
+    return replace(start, teacher=page_teacher(start.teacher))
 
 
 def choice(value: Any, choices: list[tuple[str, str]], name: str) -> str:

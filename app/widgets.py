@@ -40,6 +40,7 @@ from .settings import (  # noqa: F401 - the shared settings, one import away for
     choice,
     label_of,
     number,
+    page_experiment,
     page_teacher,
     read_steps,
     recipe_choices,

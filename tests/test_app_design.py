@@ -159,7 +159,9 @@ def test_every_handler_failure_reaches_the_page_as_our_message(monkeypatch):
         assert text.lstrip("⚠ ").startswith(lead) and "RuntimeError" in text and "/srv" not in text and "Traceback" not in text
 
     with monkeypatch.context() as mp:
-        mp.setattr(engine, "prepare_run", fail)
+        from app.engine import start as engine_start
+
+        mp.setattr(engine_start, "prepare_run", fail)  # every run is prepared in `start_run`
         tab.begin(request=request)
         check(tab.prepare(*islands_settings(example(), steps=10), request=request))
     with monkeypatch.context() as mp:  # the run's own thread fails: every viewer hears it

@@ -51,7 +51,7 @@ from .teacher import image_digest
 
 log = logging.getLogger("apm.app")
 
-LOADED_ENTRIES = 8  # replays kept in memory, shared by their viewers
+LOADED_ENTRIES = 16  # replays kept in memory, shared by their viewers (a class: its examples and its uploads)
 _CLASSES = {cls.__name__: cls for cls in (Frame, Projection, IslandMetrics, ContentMetrics)}
 _HISTORY = ("step", "feat_loss", "rgb_loss", "global_loss", "lr", "elapsed_s")
 
@@ -70,6 +70,7 @@ def run_key(exp: Experiment, view: View, image: Image.Image, labels: list[str] =
         exp = trained_experiment(exp, loaded)
     if exp.teacher == FILE_TEACHER and features is not None:  # the target follows the array (`prepare_run`)
         exp = replace(exp, target="dense" if np.ndim(features) == 3 else "global")
+    exp = exp.resolved()  # the page's values and the API's omitted ones alike
     zero_shot = exp.uses_teacher and teacher_spec(exp.teacher).supports_zero_shot
     parts = {
         "apm": apm.__version__,
@@ -79,7 +80,7 @@ def run_key(exp: Experiment, view: View, image: Image.Image, labels: list[str] =
         "teacher_weights": weights_identity(exp.teacher, exp.random_weights) if exp.uses_teacher else None,
         "checkpoint": getattr(loaded, "digest", "") if loaded is not None else "",
         "labels": list(labels) if zero_shot else [],  # labels only change what a text-reading teacher computes
-        "view": {"projection": asdict(view.config), "comparable": view.comparable},
+        "view": {"projection": asdict(view.experiment.resolved().projection_config()), "comparable": view.comparable},
         "limits": {"max_run_seconds": LIMITS.max_run_seconds},  # a cut-off run depends on where it was cut
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -129,6 +130,7 @@ class RunCache:
         self._root = Path(root) if root is not None else None
         self._cap = cap_bytes
         self._loaded: OrderedDict[str, RunRecord] = OrderedDict()
+        self._sizes: dict[Path, int] = {}  # bytes of each entry seen (an entry never changes once in place)
         self._lock = threading.Lock()
 
     @property
@@ -181,6 +183,7 @@ class RunCache:
             (staging / "used").touch()
             if target.exists():  # Train anew: the new run replaces the entry
                 shutil.rmtree(target, ignore_errors=True)
+            size = _folder_bytes(staging)
             os.replace(staging, target)
         except OSError as exc:  # a full disk, a read-only volume: the run is shown, only not kept
             log.warning("run cache: could not store run %s (%s)", key[:12], exc)
@@ -188,6 +191,7 @@ class RunCache:
             return None
         with self._lock:
             self._loaded.pop(key, None)
+            self._sizes[target] = size
         self.evict()
         return target
 
@@ -257,7 +261,7 @@ class RunCache:
 
     def size_bytes(self) -> int:
         root = self.root
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root is not None and root.is_dir() else 0
+        return _folder_bytes(root) if root is not None and root.is_dir() else 0
 
     def clear_memory(self) -> None:
         """Forget the loaded replays (the folder stays): the next `get` reads the disk."""
@@ -271,9 +275,14 @@ class RunCache:
         entries = []
         for folder in self.root.glob("??/*"):
             if folder.is_dir() and not folder.name.startswith("."):
-                size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+                size = self._sizes.get(folder)
+                if size is None:  # written by another replica, or before this process started: read once
+                    size = self._sizes[folder] = _folder_bytes(folder)
                 used = folder / "used"
-                entries.append((used.stat().st_mtime if used.exists() else 0.0, size, folder))
+                try:
+                    entries.append((used.stat().st_mtime, size, folder))
+                except OSError:  # another replica is deleting it
+                    entries.append((0.0, size, folder))
         total, removed = sum(e[1] for e in entries), []
         for _, size, folder in sorted(entries, key=lambda e: e[0]):
             if total <= self.cap_bytes:
@@ -283,10 +292,19 @@ class RunCache:
             removed.append(folder.name)
             with self._lock:
                 self._loaded.pop(folder.name, None)
+                self._sizes.pop(folder, None)
         if removed:
             log.info("run cache: %d least recently used entries removed to stay under %d MB", len(removed),
                      self.cap_bytes // 2**20)
         return removed
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # a file another replica is deleting
+            total += path.stat().st_size if path.is_file() else 0
+    return total
 
 
 def _touch(path: Path) -> None:

@@ -57,6 +57,10 @@ class Waiting:
         nth = {1: "1st", 2: "2nd", 3: "3rd"}.get(self.position, f"{self.position}th")
         return f"{nth} in line, about {format_duration(max(1.0, self.eta_s))}"
 
+    def status(self) -> str:
+        """The status line of a visitor in line: 'waiting for a free slot: 2nd in line, about 12 s'."""
+        return f"waiting for a free slot: {self.text()}"
+
 
 class Run:
     """One computation and its viewers. Items are published by the producer thread; viewers follow them."""
@@ -264,6 +268,12 @@ class Runs:
                 return None
             index = self._order().index(run)
             return Waiting(index + 1, self._eta(index))
+
+    def viewing(self) -> int:
+        """Viewers of the runs training now."""
+        with self._lock:
+            running = list(self._running)
+        return sum(run.viewers for run in running)
 
     def waiting(self) -> int:
         with self._lock:

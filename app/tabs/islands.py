@@ -46,6 +46,7 @@ from ..widgets import (
     guarded,
     label_of,
     number,
+    page_experiment,
     page_teacher,
     read_features,
     read_image,
@@ -138,8 +139,7 @@ class IslandsTab(Tab):
     # layout
 
     def build(self) -> IslandsTab:
-        start = experiment("custom")
-        start = replace(start, teacher=page_teacher(start.teacher))
+        start = page_experiment("custom")
         c = self.controls
         with gr.Row(elem_id="action-bar", equal_height=False):
             self.run_btn = gr.Button("Run", variant="primary", elem_id="run", scale=0, min_width=90, size="lg")
@@ -267,8 +267,7 @@ class IslandsTab(Tab):
     def on_recipe(self, name: str) -> dict:
         """Picking a recipe sets every control it names (and shows what it set)."""
         name = choice(name, recipe_choices(), "experiment")
-        exp = experiment(name)
-        exp = replace(exp, teacher=page_teacher(exp.teacher))
+        exp = page_experiment(name)
         out = self.controls.show(exp, RECIPE_CONTROLS)
         out.update({self.recipe_note: recipe_markdown(name), self.expected: expected_markdown(exp)})
         out.update(self._teacher_visibility(exp.teacher))
@@ -333,48 +332,31 @@ class IslandsTab(Tab):
         view = View(exp, settings.comparable)
         loaded = trained.load(exp.checkpoint, session)
         # the same run trained before, or training now: replayed or joined, with nothing prepared again
-        key = engine.run_key(exp, view, picture, settings.labels, features, loaded) if exp.trains else None
-        with engine.preparing(key):  # the same run asked for at once by many: prepared and submitted once
-            found = engine.find_run(key, fresh=state.fresh)
-            if found is None:
-                return self._prepare_new(session, settings, picture, features, view, loaded, key, run_id)
-        source, what = found
-        if source == "joined":
-            session.watch(*what)  # left again by Stop or a newer run, even before the stream starts
+        started = engine.start_run(exp, view, picture, file_name(settings.image), features, settings.labels, run_id,
+                                   loaded, fresh=state.fresh, wanted=lambda: session.is_current(run_id))
+        source, record = started.source, started.record
+        if source in ("joined", "trained"):
+            session.watch(started.run, started.viewer)  # left again by Stop or a newer run, even before the stream
             if not session.is_current(run_id):  # Stop or a newer Run came first
-                what[0].leave(what[1])
-                return {self.status: status_html("stopped before it started")}
-        record = what if source == "replayed" else what[0].context.record
-        state.view, state.pending = view, (run_id, source, what)
-        out = self.reset(record)
-        out[self.status] = status_html(f"{'replaying' if source == 'replayed' else 'joining'} the same run "
-                                       f"(same image and settings) · {record.teacher_label}", "running")
-        return out
-
-    def _prepare_new(self, session: Session, settings: Any, picture: Any, features: Any, view: View, loaded: Any,
-                     key: str | None, run_id: int) -> dict:
-        """Encode, build and submit a run nobody has asked for yet (its place in line is kept from now on)."""
-        state, exp = session.islands, settings.experiment
-        prepared = engine.prepare_run(exp, picture, file_name(settings.image), features, settings.labels, run_id,
-                                      view, loaded)
-        if not session.is_current(run_id):  # Stop or a newer Run came first
+                started.run.leave(started.viewer)
+                source = "stopped"
+        if source == "stopped":
             return {self.status: status_html("stopped before it started")}
-        record = prepared.record
         state.view = view
         out = self.reset(record)
-        if prepared.overfit is None:  # the teacher's own islands: nothing to train
+        if source == "teacher":  # the teacher's own islands: nothing to train
             state.show(record)
             out[self.status] = status_html(
                 f"done · the teacher's own islands: {record.grid_shape[0]} x {record.grid_shape[1]} locations, "
                 f"{label_of(exp.projection, PROJECTION_CHOICES)} · {record.teacher_label}", "done")
             return out
-        record.key = key
-        run, viewer, source = engine.drive(key, engine.producer(prepared, engine.RUN_CACHE),
-                                           estimate_seconds(record.experiment), context=prepared)
-        session.watch(run, viewer)
-        state.pending = (run_id, source, (run, viewer))
-        expected = format_duration(estimate_seconds(record.experiment))
-        out[self.status] = status_html(f"training starts (expected {expected}) · {record.teacher_label}", "running")
+        state.pending = (run_id, source, record if source == "replayed" else (started.run, started.viewer))
+        if source == "trained":
+            expected = format_duration(estimate_seconds(record.experiment))
+            out[self.status] = status_html(f"training starts (expected {expected}) · {record.teacher_label}", "running")
+        else:
+            out[self.status] = status_html(f"{'replaying' if source == 'replayed' else 'joining'} the same run "
+                                           f"(same image and settings) · {record.teacher_label}", "running")
         return out
 
     def reset(self, record: RunRecord) -> dict:
@@ -443,14 +425,11 @@ class IslandsTab(Tab):
         yield {**out, self.skip_btn: gr.update(visible=False), self.anew_btn: gr.update(visible=True)}
 
     def in_recorded_view(self, state, record: RunRecord, frame: Frame, previous) -> tuple[Frame, Any]:
-        """A recorded frame as this page draws it (see `in_view`)."""
-        if state.view is None or record.teacher_projection is None or state.view.same_drawing(
-                View(record.experiment, state.view.comparable)):
+        """A recorded frame as this page draws it (see `in_view`; a recording without the teacher's islands is
+        shown as it was drawn)."""
+        if state.view is None or record.teacher_projection is None:
             return frame, None
-        if state.teacher_view is None and record.teacher_grid is not None:
-            state.teacher_view = project(record.teacher_grid, state.view.config)
-        drawn = engine.redraw(frame, state.view, previous, state.teacher_view)
-        return drawn, drawn.projection
+        return _drawn_here(state, View(record.experiment, state.view.comparable), record, frame, previous)
 
     def follow(self, session: Session, run: engine.Run, viewer: int, run_id: int) -> Iterator[dict]:
         """This page's view of a run: where it stands in line, then each frame (drawn again in this page's own view
@@ -465,7 +444,7 @@ class IslandsTab(Tab):
                 if session.superseded(run_id):
                     return  # a newer run owns the page: nothing more of this one reaches it
                 if isinstance(item, engine.Waiting):
-                    yield {self.status: status_html(f"waiting for a free slot: {item.text()} · {record.teacher_label}",
+                    yield {self.status: status_html(f"{item.status()} · {record.teacher_label}",
                                                     "running")}
                     continue
                 if item.final:
@@ -495,13 +474,7 @@ class IslandsTab(Tab):
     def in_view(state, run: engine.Run, frame: Frame, previous) -> tuple[Frame, Any]:
         """The frame as this page draws it: the run's own drawing, or (after a change of view here) drawn again,
         warm-started from this page's previous drawing."""
-        prepared = run.context
-        if state.view is None or state.view.same_drawing(prepared.view):
-            return frame, None
-        if state.teacher_view is None and prepared.record.teacher_grid is not None:
-            state.teacher_view = project(prepared.record.teacher_grid, state.view.config)
-        drawn = engine.redraw(frame, state.view, previous, state.teacher_view)
-        return drawn, drawn.projection
+        return _drawn_here(state, run.context.view, run.context.record, frame, previous)
 
     def render(self, record: RunRecord, frame: Frame, *, live: bool, slow: bool, lead: str = "training",
                kind: str = "running", shown: bool = False, one_pass: bool = False, teacher: Projection | None = None
@@ -607,3 +580,13 @@ class IslandsTab(Tab):
     @property
     def link_outputs(self) -> list[gr.Component]:
         return self.setting_outputs
+
+
+def _drawn_here(state, drawn_in: View, record: RunRecord, frame: Frame, previous) -> tuple[Frame, Any]:
+    """(the frame in this page's view, its projection) or (the frame, None) when `drawn_in` already draws it so."""
+    if state.view is None or state.view.same_drawing(drawn_in):
+        return frame, None
+    if state.teacher_view is None and record.teacher_grid is not None:
+        state.teacher_view = project(record.teacher_grid, state.view.config)
+    drawn = engine.redraw(frame, state.view, previous, state.teacher_view)
+    return drawn, drawn.projection

@@ -175,7 +175,7 @@ class WalkTab(Tab):
             curve = update["curve"]
             loss = plots.walk_loss(curve["step"], curve["feat_loss"], curve["rgb_loss"])
             if update["stage"] == "waiting":
-                yield {self.status: status_html(f"waiting for a free slot: {update['waiting'].text()}", "running")}
+                yield {self.status: status_html(update["waiting"].status(), "running")}
             elif update["stage"] == "training":
                 text = (f"training on both images · step {update['step']} / {update['total']} · feature loss "
                         f"{curve['feat_loss'][-1]:.1e} · RGB loss {curve['rgb_loss'][-1]:.1e} · "
