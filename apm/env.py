@@ -16,6 +16,7 @@ Values are read when asked for (not at import), so a test or a notebook that cha
 | APM_SERVER_NICENESS | how far the web server yields to training processes (Linux niceness, default 7) |
 | APM_RUN_CACHE | the app's run cache: finished runs by key, replayed to the next visitor; default $APM_CACHE_DIR/runs; off: none |
 | APM_RUN_CACHE_MB | the run cache's size cap in MB (least recently used out first); default 2048 |
+| APM_PREFILL_EXAMPLES=0 | do not train the examples' default runs into the run cache when the app starts |
 """
 
 from __future__ import annotations
@@ -153,6 +154,12 @@ def run_cache_dir() -> Path | None:
     if value.lower() in ("off", "0", "none", "false"):
         return None
     return Path(value).expanduser() if value else cache_root() / "runs"
+
+
+def prefill_examples() -> bool:
+    """Train the examples' default runs into the run cache at server start (APM_PREFILL_EXAMPLES, default on; never
+    when the run cache is off)."""
+    return run_cache_dir() is not None and env_flag("APM_PREFILL_EXAMPLES", True)
 
 
 def run_cache_bytes() -> int:

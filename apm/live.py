@@ -100,11 +100,12 @@ class LiveRun:
 
     `keep` bounds the recorded snapshots kept (None: all; the first and last always stay). With
     `idle_timeout_s`, the run stops by itself when nobody called `wait()` or `touch()` for that long (a
-    watcher that went away). `threads` sets torch's threads in the training thread.
+    watcher that went away). `threads` sets torch's threads in the training thread; `niceness` lowers the
+    training process's priority (the process backend: a server busy streaming to many visitors keeps its share).
     """
 
     def __init__(self, run: OverfitRun, *, keep: int | None = None, threads: int | None = None,
-                 idle_timeout_s: float | None = None, backend: str = "thread"):
+                 idle_timeout_s: float | None = None, backend: str = "thread", niceness: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         if backend == "auto":
@@ -115,6 +116,7 @@ class LiveRun:
         self.run = run
         self.keep = keep
         self.threads = threads
+        self.niceness = niceness  # the process backend's training process runs this much nicer (0: as forked)
         self.idle_timeout_s = idle_timeout_s
         self.history = History()
         self.snapshots: list[Snapshot] = []
@@ -271,7 +273,8 @@ class LiveRun:
         _widen(receiver)
         try:
             threads = self.threads or training_threads()
-            child = _FORKER.start(_child_main, (self.run, sender, self._child_stop, self._child_record, threads))
+            child = _FORKER.start(_child_main, (self.run, sender, self._child_stop, self._child_record, threads,
+                                                self.niceness))
         except BaseException as exc:  # noqa: BLE001
             self.error, self.stop_reason = exc, "failed"
             self._finish()
@@ -358,10 +361,12 @@ def _close_inherited_sockets() -> None:
             pass
 
 
-def _child_main(run: OverfitRun, sender, stop, record, threads: int | None) -> None:
+def _child_main(run: OverfitRun, sender, stop, record, threads: int | None, niceness: int = 0) -> None:
     """In the forked child: train, send every step (with its arrays when recorded), then the final state."""
     try:
         _close_inherited_sockets()
+        if niceness > 0:
+            lower_priority(niceness)
         if threads:
             torch.set_num_threads(threads)
         reason = "stopped"

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from . import engine
 from .api import api_run, api_stop, api_walk
+from .session import View
 from .tabs.islands import PLOT_EVENTS_JS, IslandsTab
 from .tabs.walk import WalkTab
-from .widgets import unload
+from .widgets import example_paths, page_experiment, unload
 
 MAX_QUEUE = None  # Gradio's queue refuses nobody: the run driver's line (APM_MAX_QUEUE) says when the app is full
 MAX_THREADS = 160  # every visitor's stream waits in a worker thread (Gradio's default of 40 would stall a class)
@@ -131,7 +133,20 @@ def build_demo() -> gr.Blocks:
     return build_app().demo
 
 
+def _absent_modules_fail_fast(*names: str) -> None:
+    """Gradio tries `import matplotlib` twice around every event call and every streamed update; where it is not
+    installed, each try searches the whole import path again (a tenth of the server's time in a class's burst).
+    A module found missing once is marked so (None in `sys.modules`): the next import fails at once, as it would."""
+    import importlib.util
+    import sys
+
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None  # type: ignore[assignment]
+
+
 def build_app() -> App:
+    _absent_modules_fail_fast("matplotlib")
     with gr.Blocks(title="APM islands", delete_cache=(600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Islands", id="islands-tab"):
@@ -149,3 +164,16 @@ def build_app() -> App:
         demo.load(None, None, None, js=PLOT_EVENTS_JS)  # plotly hover / click events into the page's events
         demo.unload(unload)
     return App(demo, islands, walk)
+
+
+def prefill_examples() -> engine.Prefill | None:
+    """Train every example's default run into the run cache in the background (`engine.Prefill`), unless the run
+    cache is off or APM_PREFILL_EXAMPLES=0. The examples' default run is the page's and the API's alike."""
+    from apm.env import prefill_examples as wanted
+    from apm.images import load_image
+
+    if not wanted():
+        return None
+    exp = page_experiment("custom")
+    runs = [(exp, View(exp, True), load_image(str(path)), path.name) for path in example_paths()]
+    return engine.Prefill().start(runs)

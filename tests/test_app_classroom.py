@@ -289,3 +289,74 @@ def test_a_run_key_changes_with_the_apm_version_and_what_it_computes(monkeypatch
     assert run_key(clip, View(clip, True), picture, ["a cat"]) != run_key(clip, View(clip, True), picture, ["a dog"])
     monkeypatch.setattr(apm, "__version__", "0.0.0-other")
     assert run_key(exp, View(exp, True), picture) != key
+
+
+def test_the_page_and_the_api_ask_for_the_same_default_run(monkeypatch):
+    """A class clicks on the page, a script calls /run with nothing set: both are the same run (one key), whether
+    the settings were sent (the page sends every control's value) or left to their defaults (the API)."""
+    from apm.images import load_image
+    from apm.recipes import experiment
+    from app.controls import Controls
+    from app.engine.cache import run_key
+    from app.session import View
+    from app.settings import page_experiment
+
+    tab = islands()
+    values = {name: component.value for name, component in tab.controls.components.items()}
+    values["checkpoint"] = ""  # the picker shows "none"
+    page = Controls.read(values)
+    api = page_experiment("custom")  # what api_run builds when a call names nothing
+    picture = load_image(str(example("flower_photo")))
+    key = run_key(api, View(api, True), picture)
+    assert run_key(page.experiment, View(page.experiment, page.comparable), picture, page.labels) == key
+    spelled = experiment("custom", teacher=api.teacher, layer=-1, lr=api.effective_lr, perplexity=30,
+                         random_weights=api.resolved().random_weights)
+    assert run_key(spelled, View(spelled, True), picture) == key  # defaults spelled out (layer -1 is the last)
+    other = experiment("custom", teacher=api.teacher, layer=0)
+    assert run_key(other, View(other, True), picture) != key
+
+
+def test_the_examples_are_prefilled_at_start_and_replayed_by_the_first_class(run_cache):
+    """The server's prefill trains each example's default run once (a visitor who comes meanwhile joins it); the
+    next visitor of that run replays it, and a second prefill (a restart) trains nothing."""
+    from apm.images import load_image
+    from apm.recipes import experiment
+    from app.session import View
+
+    exp = experiment("custom", steps=20)
+    runs = [(exp, View(exp, True), load_image(str(example(stem))), stem) for stem in ("face", "house")]
+    before = driver.RUNS.started
+    prefill = engine.Prefill().start(runs)
+    assert prefill.done.wait(240)
+    assert prefill.sources == {"face": "trained", "house": "trained"}
+    assert driver.RUNS.started - before == 2
+    visitor = Req("class-prefilled")
+    _, stream = run_islands(visitor, example("house"), steps=20)
+    assert state(visitor).source == "replayed" and plain(stream[-1]["status"]).startswith("replayed")
+    again = engine.Prefill().start(runs)
+    assert again.done.wait(60) and again.sources == {"face": "replayed", "house": "replayed"}
+    assert driver.RUNS.started - before == 2  # nothing trained twice
+    drop(visitor)
+
+
+def test_a_finished_runs_files_are_written_once_for_all_its_viewers(tmp_path, monkeypatch):
+    """A class replaying one run gets its export (GIF, arrays, panels sheet, summary) from one encoding, linked
+    into each viewer's folder; a page's own drawing of it is written for that page alone."""
+    from app.engine import export
+
+    first = Req("class-export-1")
+    run_islands(first, example(), steps=15)
+    record = state(first).run
+    writes = []
+    real = export._write
+    monkeypatch.setattr(export, "_write", lambda out, *a: writes.append(out) or real(out, *a))
+    a = export.export_run(tmp_path / "a", record, 1)
+    b = export.export_run(tmp_path / "b", record, 2)
+    assert len(writes) == 1 and [p.name for p in a] == [p.name for p in b]
+    for x, y in zip(a, b):
+        assert x.read_bytes() == y.read_bytes() and x.stat().st_ino == y.stat().st_ino
+    (tmp_path / "a" / "run-1" / "islands.gif").unlink()  # one viewer's folder going does not touch another's
+    assert b[0].is_file() and b[0].stat().st_size > 0
+    own = export.export_run(tmp_path / "c", record, 3, frames=list(record.frames))  # drawn by the page: its own
+    assert len(writes) == 2 and own[0].stat().st_ino != b[0].stat().st_ino
+    drop(first)

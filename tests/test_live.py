@@ -140,3 +140,36 @@ def test_the_servers_niceness_is_a_setting(monkeypatch):
     for raw, expected in (("0", 0), ("12", 12), ("40", 19), ("-3", 0)):
         monkeypatch.setenv("APM_SERVER_NICENESS", raw)
         assert server_niceness() == expected
+
+
+def _children_niceness() -> list[int]:
+    """The niceness of this process's child processes (Linux /proc: field 19 of stat)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # ppid
+            found.append(int(fields[16]))  # nice (the 19th field; two were before the ")")
+    return found
+
+
+def test_a_training_process_can_run_nicer_than_the_server(image, target):
+    """`niceness`: the forked training process lowers its own priority (a server streaming to a class keeps its
+    share); without it, it runs at the priority it was forked with."""
+    import os
+
+    own = os.nice(0)
+    for niceness in (0, 5):
+        live = LiveRun(make_run(image, target, steps=100000), backend="process", niceness=niceness).start()
+        try:
+            snap, _ = live.wait(0, timeout=60)
+            assert snap is not None
+            assert min(own + niceness, 19) in _children_niceness()
+        finally:
+            live.stop()
+            live.join(30)

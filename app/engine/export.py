@@ -3,6 +3,11 @@ writer (`apm.runs`), so the page's exports and the CLI's runs have the same file
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +56,55 @@ def run_summary(record: RunRecord) -> dict:
     return summary
 
 
+SHARED_EXPORTS = 16  # finished runs whose files are kept for every viewer of them (a class replaying an example)
+_shared: OrderedDict[str, Path] = OrderedDict()
+_shared_lock = threading.Lock()
+_writing: dict[str, threading.Lock] = {}
+
+
 def export_run(folder: Path, record: RunRecord, run_id: int | None = None, teacher: Projection | None = None,
                frames: list | None = None) -> list[Path]:
     """islands.gif, run.npz, panels.png and summary.json in `folder`/run-<id> (the run writer's files).
-    `teacher`: the teacher's islands as the page draws them; `frames`: the frames as the page draws them."""
+    `teacher`: the teacher's islands as the page draws them; `frames`: the frames as the page draws them.
+
+    A finished run drawn as it was recorded (no `teacher` or `frames` of a page's own view) has the same files for
+    every viewer: they are written once and linked into each viewer's folder (a class replaying one example
+    encodes its GIF once, not thirty times)."""
     out = folder / f"run-{record.run_id if run_id is None else run_id}"
+    finished = record.live is not None and record.live.finished
+    if record.key is None or teacher is not None or frames is not None or not finished:
+        return _write(out, record, frames, teacher)
+    key = f"{record.key}:{record.created}"  # Train anew records the same key again: its own files
+    with _shared_lock:
+        lock = _writing.setdefault(key, threading.Lock())
+    with lock:  # the first viewer writes, the others wait for it and link
+        with _shared_lock:
+            shared = _shared.get(key)
+            if shared is not None:
+                _shared.move_to_end(key)
+        if shared is None or not (shared / runs.PANELS_FILE).is_file():
+            shared = Path(tempfile.mkdtemp(prefix=f"apm-export-{record.key[:12]}-"))
+            _write(shared, record, None, None)
+            with _shared_lock:
+                _shared[key] = shared
+                while len(_shared) > SHARED_EXPORTS:
+                    old_key, old = _shared.popitem(last=False)
+                    _writing.pop(old_key, None)
+                    shutil.rmtree(old, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name in (runs.GIF_FILE, runs.ARRAYS_FILE, runs.PANELS_FILE, runs.SUMMARY_FILE):
+            target = out / name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(shared / name, target)  # the same bytes, no copy (a session's folder is deleted alone)
+            except OSError:  # another file system
+                shutil.copyfile(shared / name, target)
+            paths.append(target)
+        return paths
+
+
+def _write(out: Path, record: RunRecord, frames: list | None, teacher: Projection | None) -> list[Path]:
     frames = list(record.frames) if frames is None else frames
     teacher = record.teacher_projection if teacher is None else teacher
     gif = [

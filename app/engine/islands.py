@@ -5,6 +5,7 @@ a run's state reads as a status line."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ from PIL import Image
 from apm import runs
 from apm.asynchronous import Decoder
 from apm.content import LIVE_LOCATIONS, ContentReference, resize_grid
+from apm.env import server_niceness
 from apm.errors import APMError, InputError
 from apm.images import downsample_rgb
 from apm.islands import LIVE_WARM_ITERS, Projection, island_metrics, project, squared_distances
@@ -30,6 +32,10 @@ from .teacher import encode_image
 
 log = logging.getLogger("apm.app")
 
+REPLAY_POLL_S = 0.05  # a replay hears Skip and Stop within this
+# a run starts training at the web server's own priority (not ahead of it) while the server streams to at least
+# this many visitors: a class replaying the examples keeps its cadence while the uploads train (they have minutes)
+BUSY_STREAMS = 4
 QUICK_FIT = {"early_exaggeration_iters": 25, "full_iters": 25}  # the first live frame: a short t-SNE (the next frames go on converging it)
 
 
@@ -172,7 +178,11 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
     if view is None:
         view = lambda: prepared.view  # noqa: E731
     threads = LIMITS.train_threads or threads
-    live = LiveRun(prepared.overfit, keep=2, threads=threads, idle_timeout_s=15.0, backend="auto").start()
+    niceness = server_niceness() if streams() >= BUSY_STREAMS else 0
+    live = LiveRun(prepared.overfit, keep=2, threads=threads, idle_timeout_s=15.0, backend="auto",
+                   niceness=niceness).start()
+    if niceness:
+        log.info("run %d trains at the server's priority: %d visitors are being streamed", record.run_id, streams())
     record.live = live
     seen, pending, asked = 0, None, False
     next_at = time.monotonic()
@@ -246,20 +256,51 @@ def producer(prepared: Prepared, cache: Any = None) -> Callable[[Any], Iterator[
 
 def replay(record: RunRecord, skip: Callable[[], bool] = lambda: False, stop: Callable[[], bool] = lambda: False
            ) -> Iterator[Frame]:
-    """A recorded run's frames at the live cadence (`LIMITS.frame_interval_s` apart), the last one at once when
-    `skip()` says so; ends early when `stop()` does."""
+    """A recorded run's frames at the live cadence (`LIMITS.frame_interval_s` apart, on a steady clock: a late
+    frame does not push the later ones back), the last one at once when `skip()` says so; ends early when `stop()`
+    does (both asked about every `REPLAY_POLL_S`)."""
     frames = record.frames
-    for k, frame in enumerate(frames):
-        if stop():
-            return
-        if skip() and k < len(frames) - 1:
-            continue
-        yield frame
-        if k < len(frames) - 1:
-            waited = 0.0
-            while waited < LIMITS.frame_interval_s and not skip() and not stop():
-                time.sleep(0.02)
-                waited += 0.02
+    start = time.monotonic()
+    with _REPLAYS:
+        for k, frame in enumerate(frames):
+            if stop():
+                return
+            if skip() and k < len(frames) - 1:
+                continue
+            yield frame
+            due = start + (k + 1) * LIMITS.frame_interval_s
+            while k < len(frames) - 1 and not skip() and not stop():
+                left = due - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(left, REPLAY_POLL_S))
+
+
+class _Gauge:
+    """How many of something are in progress (entered and not yet left)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Gauge:
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_REPLAYS = _Gauge()
+
+
+def streams() -> int:
+    """Visitors the server is streaming frames to now: replays, and the viewers of running runs."""
+    from . import driver
+
+    return _REPLAYS.count + driver.RUNS.viewing()
 
 
 def redraw(frame: Frame, view: View, previous: Projection | None, teacher: Projection | None) -> Frame:

@@ -58,7 +58,8 @@ def app_env(port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                APM_RANDOM_WEIGHTS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               APM_MAX_RUN_SECONDS="600")  # a browser drawing a 3D scene takes a run's cores: tests cap by steps
+               APM_MAX_RUN_SECONDS="600",  # a browser drawing a 3D scene takes a run's cores: tests cap by steps
+               APM_PREFILL_EXAMPLES="0")  # no training at start: a test's runs are the only ones
     return env
 
 
