@@ -17,7 +17,10 @@ tokens. timm's ViTs use torch's fused attention, which never holds the tokens x 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +37,7 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
@@ -47,6 +50,27 @@ def peak_bytes(fn: Callable[[], object]) -> int:
         total += size
         peak = max(peak, total)
     return peak
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Whatever is written to the process's stderr during the block is dropped: torch's profiler prints
+    `USDT: ... profiler_start/stop` lines from C++ on some builds, and the block only runs the measured call
+    (an exception still propagates, and is reported once the block has given stderr back)."""
+    fd = 2  # where native code writes, whatever Python's sys.stderr is
+    sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no stderr at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def count_flops(fn: Callable[[], object]) -> int:

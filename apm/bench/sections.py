@@ -10,6 +10,9 @@ trained in bf16 (emulated bf16 on an AVX2 CPU is far slower than fp32 and would 
 Each training figure ends with `# fp32` or `# bf16`: the precision it used. Peak fractions are achieved
 FLOP/s of a full training step (forward and backward, counted by `APM.flops_per_step` as implemented) over
 the measured plain `torch.matmul` throughput of that precision. Figures are medians over repeats.
+`cpu_preset_matmul_share` (and `_g32_`): the time the step's matmuls would take at that peak over the step's
+time, i.e. how much of a step is arithmetic rather than fixed costs (casts, optimiser, element-wise ops, autograd);
+it is the peak fraction read as a share of time (the counted FLOPs are the matmuls').
 `official_step_s`: one training step of the official model.py (`apm.official.OfficialModel`: fp32, chunks of
 512, torch's Adam) on one 448 px image; `paper_vs_official_step` is it over `paper_preset_step_s`, and
 `paper_vs_official_ceiling` the same ratio with both steps' counted FLOPs at their precision's matmul peak.
@@ -86,6 +89,8 @@ def training_figures(emit: Emit) -> None:
         else:
             emit("paper_preset_step_s", seconds, precision)
         emit(f"{name}_peak_fraction", fraction, precision)
+        if preset == "cpu":  # the same ratio read as time: the step's matmuls at peak over the whole step
+            emit(f"{name}_matmul_share", fraction, precision)
         emit(f"{name}_gflops", run.model.flops_per_step() / seconds / 1e9, precision)
         if preset == "paper":
             paper_seconds, paper_flops, paper_peak = seconds, run.model.flops_per_step(), peak
