@@ -100,8 +100,9 @@ def client_run(url: str, image: str, steps: int, grid: str = "auto") -> dict:
     """One run through the page's own endpoints, in a low-priority child process; returns its timings."""
     import json
 
-    out = subprocess.run([sys.executable, __file__, "--client-run", url, image, str(steps), grid], capture_output=True,
-                         text=True, preexec_fn=lambda: os.nice(10), timeout=900)
+    # as a module from the repository's root (run by its path, the child would not find `app`)
+    out = subprocess.run([sys.executable, "-m", "scripts.measure_app", "--client-run", url, image, str(steps), grid],
+                         cwd=ROOT, capture_output=True, text=True, preexec_fn=lambda: os.nice(10), timeout=900)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
         raise RuntimeError(f"the client run failed:\n{out.stderr[-2000:]}")
@@ -171,6 +172,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "tests" / "artifacts" / "measure"))
     parser.add_argument("--no-browser", action="store_true", help="skip the headless-Chromium run")
     args = parser.parse_args()
+    # every run here trains: with the run cache on, the page's run would replay the client's (the same settings)
+    os.environ["APM_RUN_CACHE"] = "off"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
