@@ -270,7 +270,8 @@ def test_3d_camera_stays_where_the_user_put_it(browser, server):
     page.wait_for_function(js_step_above(30), timeout=60_000)
     # it redraws at every live frame, so it is never "stable" for Playwright's own scrolling on a slow CPU
     page.evaluate("() => document.querySelector('#islands-plot').scrollIntoView({block: 'center'})")
-    box = page.locator("#islands-plot").bounding_box()
+    box = page.evaluate("() => { const r = document.querySelector('#islands-plot').getBoundingClientRect(); "
+                        "return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     default = page.evaluate(JS_CAMERA_EYE)
     for _ in range(3):  # a drag across the scene turns the camera (retried if a live update interrupted it)
