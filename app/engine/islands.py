@@ -178,11 +178,12 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
     if view is None:
         view = lambda: prepared.view  # noqa: E731
     threads = LIMITS.train_threads or threads
-    niceness = server_niceness() if streams() >= BUSY_STREAMS else 0
+    streamed = streams()
+    niceness = server_niceness() if streamed >= BUSY_STREAMS else 0
     live = LiveRun(prepared.overfit, keep=2, threads=threads, idle_timeout_s=15.0, backend="auto",
                    niceness=niceness).start()
     if niceness:
-        log.info("run %d trains at the server's priority: %d visitors are being streamed", record.run_id, streams())
+        log.info("run %d trains at the server's priority: %d visitors are being streamed", record.run_id, streamed)
     record.live = live
     seen, pending, asked = 0, None, False
     next_at = time.monotonic()
