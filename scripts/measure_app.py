@@ -187,12 +187,24 @@ def main() -> None:
         usage = {}
 
         def sample() -> None:  # CPU of the server and of its training process, while the run trains
-            time.sleep(3.0)
-            a, t0 = cpu_seconds(pid), time.monotonic()
-            time.sleep(6.0)
-            b, span = cpu_seconds(pid), time.monotonic() - t0
-            usage["server"] = (b.get(pid, 0) - a.get(pid, 0)) / span
-            usage["training"] = sum(b[p] - a.get(p, b[p]) for p in b if p != pid) / span
+            earlier = set(cpu_seconds(pid))  # the cold run's process may linger; the warm run's is a new child
+            deadline = time.monotonic() + 120
+            while not set(cpu_seconds(pid)) - earlier and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # past the child's start-up
+            first, t0 = cpu_seconds(pid), time.monotonic()
+            last, t1 = first, t0
+            while t1 - t0 < 6.0:  # until the run ends (its process is gone) or 6 s
+                time.sleep(0.25)
+                now = cpu_seconds(pid)
+                if not set(now) - earlier:
+                    break
+                last, t1 = now, time.monotonic()
+            span = t1 - t0
+            if span <= 0:
+                return
+            usage["server"] = (last.get(pid, 0) - first.get(pid, 0)) / span
+            usage["training"] = sum(last[p] - first.get(p, 0.0) for p in last if p not in earlier and p != pid) / span
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
