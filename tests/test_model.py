@@ -68,6 +68,24 @@ def test_trigger_column_is_one_conv_filter():
     assert delta.abs().max() == 0  # kernel = stride: no other entry sees that patch
 
 
+@pytest.mark.parametrize("channels, patch, grid", [(1, 8, (16, 16)), (3, 4, (6, 5)), (2, 14, (4, 4))])
+def test_the_column_is_the_conv_filters_convolution(channels, patch, grid):
+    """The column is computed as one matmul over the patches: the same numbers as the conv it stores, in the
+    conv's (C, h, w) order, forward and backward (fp32 rounding apart)."""
+    cfg = small_config(column_channels=channels, patch_size=patch, grid=grid)
+    model = make_model(cfg)
+    images = torch.rand(2, 3, *cfg.image_size)
+    conv = model.column.conv
+    reference = conv(model.column.scale(images)).flatten(1)  # (B, C * h * w)
+    column = model.trigger_column(images)
+    torch.testing.assert_close(column, reference, rtol=1e-5, atol=1e-5)
+    (column**2).sum().backward()
+    grad = conv.weight.grad.clone()
+    conv.weight.grad = None
+    (reference**2).sum().backward()
+    torch.testing.assert_close(grad, conv.weight.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_wrong_image_size_is_refused():
     model = make_model(small_config())
     with pytest.raises(ValueError, match="pixels"):

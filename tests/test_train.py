@@ -201,3 +201,19 @@ def test_training_keeps_freed_memory_for_reuse(monkeypatch):
     assert [s.step for s in run] == [1, 2] and calls
     monkeypatch.undo()
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    """'auto' trains in bf16 on a CPU with native bf16 (AVX512-BF16, AMX) and never on one without (AVX2), where
+    emulated bf16 would be far slower than fp32; 'fp32' is fp32 everywhere."""
+    import torch
+
+    from apm import device
+
+    for native, expected in ((False, None), (True, torch.bfloat16)):
+        monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda native=native: native)
+        for precision, dtype in (("auto", expected), ("fp32", None)):
+            run = OverfitRun(noise_image(), smooth_target(), TrainConfig(steps=2, precision=precision, device="cpu"),
+                             TINY)
+            assert run.amp_dtype is dtype, (native, precision)
+            assert all(s.features is None or s.features.dtype == np.float32 for s in run)
