@@ -251,6 +251,21 @@ def test_the_api_says_where_a_run_came_from():
     drop(Req("class-api-1"), Req("class-api-2"))
 
 
+def test_a_replay_links_the_files_its_training_wrote():
+    """The run cache keeps when a run was trained, so a replay (read back from the disk) is the same finished run
+    to the export: a second class gets the files the trainer's result wrote, linked, not encoded again."""
+    from app.api import api_run
+
+    trained = list(api_run(file_payload(example()), steps=15, request=Req("class-files-1")))[-1]
+    engine.RUN_CACHE.clear_memory()
+    replayed = list(api_run(file_payload(example()), steps=15, request=Req("class-files-2")))[-1]
+    assert (trained["source"], replayed["source"]) == ("trained", "replayed")
+    for name in ("snapshots", "settings"):
+        a, b = Path(trained[name]["path"]), Path(replayed[name]["path"])
+        assert a != b and a.stat().st_ino == b.stat().st_ino, name
+    drop(Req("class-files-1"), Req("class-files-2"))
+
+
 def test_two_app_processes_share_one_cache_folder(run_cache):
     """Replicas behind one address: what one process trained, another process replays from the shared folder."""
     code = (

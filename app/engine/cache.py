@@ -161,7 +161,7 @@ class RunCache:
                 arrays[f"history.{name}"] = np.asarray(hist[name])
         live = record.live
         meta = {
-            "format": 1, "key": key, "apm": apm.__version__, "created": time.time(),
+            "format": 1, "key": key, "apm": apm.__version__, "created": record.created or time.time(),
             "experiment": record.experiment.to_dict(), "image_name": record.image_name,
             "grid_shape": list(record.grid_shape), "teacher_label": record.teacher_label,
             "labels": record.labels, "teacher_labels": record.teacher_labels, "total_steps": record.total_steps,
