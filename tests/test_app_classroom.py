@@ -331,7 +331,7 @@ def test_the_page_and_the_api_ask_for_the_same_default_run(monkeypatch):
     assert run_key(other, View(other, True), picture) != key
 
 
-def test_the_examples_are_prefilled_at_start_and_replayed_by_the_first_class(run_cache):
+def test_the_examples_are_prefilled_at_start_and_replayed_by_the_first_class(run_cache, monkeypatch):
     """The server's prefill trains each example's default run once (a visitor who comes meanwhile joins it); the
     next visitor of that run replays it, and a second prefill (a restart) trains nothing."""
     from apm.images import load_image
@@ -345,9 +345,17 @@ def test_the_examples_are_prefilled_at_start_and_replayed_by_the_first_class(run
     assert prefill.done.wait(240)
     assert prefill.sources == {"face": "trained", "house": "trained"}
     assert driver.RUNS.started - before == 2
+    # their files are written too: the first class links them instead of encoding a GIF while the others watch
+    from app.engine import export
+
+    writes = []
+    real = export._write
+    monkeypatch.setattr(export, "_write", lambda out, *a: writes.append(out) or real(out, *a))
     visitor = Req("class-prefilled")
     _, stream = run_islands(visitor, example("house"), steps=20)
     assert state(visitor).source == "replayed" and plain(stream[-1]["status"]).startswith("replayed")
+    files = export.export_run(run_cache.parent / "visitor", state(visitor).run, 1)
+    assert writes == [] and {p.name for p in files} >= {"islands.gif", "run.npz"}
     again = engine.Prefill().start(runs)
     assert again.done.wait(60) and again.sources == {"face": "replayed", "house": "replayed"}
     assert driver.RUNS.started - before == 2  # nothing trained twice

@@ -9,10 +9,13 @@ examples' default runs go through `start_run` like any visitor's."""
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ from apm.recipes import Experiment, estimate_seconds
 from ..session import RunRecord, View
 from . import cache as run_cache
 from . import driver
+from .export import export_run
 from .islands import prepare_run, producer
 
 log = logging.getLogger("apm.app")
@@ -106,14 +110,31 @@ class Prefill:
                     self.sources[name] = "failed"
                     continue
                 self.sources[name] = started.source
+                record = started.record
                 if started.run is not None:  # follow it to its end (a run nobody watches stops): then it is kept
                     self._follow(started, name)
+                    record = started.run.context.record
+                self._export(record, name)
             self.seconds = time.monotonic() - t0
             counts = {s: list(self.sources.values()).count(s) for s in sorted(set(self.sources.values()))}
             log.info("prefill: the examples' default runs are ready in %.0f s (%s)", self.seconds,
                      ", ".join(f"{n} {s}" for s, n in counts.items()))
         finally:  # a bug ends the prefill (the driver logged it), never leaves it waited for
             self.done.set()
+
+    @staticmethod
+    def _export(record: RunRecord | None, name: str) -> None:
+        """Write the finished run's shared files now (`export.export_run`), so that the first class's viewers link
+        them at their run's end instead of one of them encoding the GIF while the others stream."""
+        if record is None or record.live is None or not record.live.finished or not record.frames:
+            return
+        folder = Path(tempfile.mkdtemp(prefix="apm-prefill-"))
+        try:
+            export_run(folder, record, 0)
+        except (APMError, OSError) as exc:  # the first viewer writes them instead
+            log.warning("prefill: %s's files could not be written (%s)", name, exc)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _follow(self, started: Started, name: str) -> None:
         run, viewer = started.run, started.viewer
