@@ -68,16 +68,34 @@ def export_run(folder: Path, record: RunRecord, run_id: int | None = None, teach
     `teacher`: the teacher's islands as the page draws them; `frames`: the frames as the page draws them.
 
     A finished run drawn as it was recorded (no `teacher` or `frames` of a page's own view) has the same files for
-    every viewer: they are written once and linked into each viewer's folder (a class replaying one example
-    encodes its GIF once, not thirty times)."""
+    every viewer: they are written once (`shared_files`) and linked into each viewer's folder (a class replaying
+    one example encodes its GIF once, not thirty times)."""
     out = folder / f"run-{record.run_id if run_id is None else run_id}"
-    finished = record.live is not None and record.live.finished
-    if record.key is None or teacher is not None or frames is not None or not finished:
+    shared = shared_files(record) if teacher is None and frames is None else None
+    if shared is None:
         return _write(out, record, frames, teacher)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in (runs.GIF_FILE, runs.ARRAYS_FILE, runs.PANELS_FILE, runs.SUMMARY_FILE):
+        target = out / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(shared / name, target)  # the same bytes, no copy (a session's folder is deleted alone)
+        except OSError:  # another file system
+            shutil.copyfile(shared / name, target)
+        paths.append(target)
+    return paths
+
+
+def shared_files(record: RunRecord) -> Path | None:
+    """The folder of a finished, kept run's files as recorded, written by the first to ask and kept for the others
+    (the last `SHARED_EXPORTS` runs); None for a run that is not finished or has no key (its files are its own)."""
+    if record.key is None or record.live is None or not record.live.finished:
+        return None
     key = f"{record.key}:{record.created}"  # Train anew records the same key again: its own files
     with _shared_lock:
         lock = _writing.setdefault(key, threading.Lock())
-    with lock:  # the first viewer writes, the others wait for it and link
+    with lock:  # the first writes, the others wait for it
         with _shared_lock:
             shared = _shared.get(key)
             if shared is not None:
@@ -91,17 +109,7 @@ def export_run(folder: Path, record: RunRecord, run_id: int | None = None, teach
                     old_key, old = _shared.popitem(last=False)
                     _writing.pop(old_key, None)
                     shutil.rmtree(old, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for name in (runs.GIF_FILE, runs.ARRAYS_FILE, runs.PANELS_FILE, runs.SUMMARY_FILE):
-            target = out / name
-            target.unlink(missing_ok=True)
-            try:
-                os.link(shared / name, target)  # the same bytes, no copy (a session's folder is deleted alone)
-            except OSError:  # another file system
-                shutil.copyfile(shared / name, target)
-            paths.append(target)
-        return paths
+        return shared
 
 
 def _write(out: Path, record: RunRecord, frames: list | None, teacher: Projection | None) -> list[Path]:

@@ -9,13 +9,10 @@ examples' default runs go through `start_run` like any visitor's."""
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +24,7 @@ from apm.recipes import Experiment, estimate_seconds
 from ..session import RunRecord, View
 from . import cache as run_cache
 from . import driver
-from .export import export_run
+from .export import shared_files
 from .islands import prepare_run, producer
 
 log = logging.getLogger("apm.app")
@@ -124,17 +121,14 @@ class Prefill:
 
     @staticmethod
     def _export(record: RunRecord | None, name: str) -> None:
-        """Write the finished run's shared files now (`export.export_run`), so that the first class's viewers link
-        them at their run's end instead of one of them encoding the GIF while the others stream."""
-        if record is None or record.live is None or not record.live.finished or not record.frames:
+        """Write the finished run's shared files now (`export.shared_files`), so that the first class's viewers
+        link them at their run's end instead of one of them encoding the GIF while the others stream."""
+        if record is None or not record.frames:
             return
-        folder = Path(tempfile.mkdtemp(prefix="apm-prefill-"))
         try:
-            export_run(folder, record, 0)
+            shared_files(record)
         except (APMError, OSError) as exc:  # the first viewer writes them instead
             log.warning("prefill: %s's files could not be written (%s)", name, exc)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def _follow(self, started: Started, name: str) -> None:
         run, viewer = started.run, started.viewer
