@@ -63,6 +63,30 @@ def test_with_native_bf16_both_precisions_are_timed(monkeypatch):
     assert abs(out["paper_vs_official_ceiling"][0] - 4 * 10**11 / paper_flops) < 1e-9
 
 
+def test_the_memory_bound_parts_are_timed_and_bound_the_fraction(monkeypatch):
+    """Adam's update and autocast's casts, timed on their own, give each preset a ceiling on its peak fraction:
+    the matmuls at the probe's peak plus those two; the casts are 0 where nothing runs in bf16."""
+    for native in (True, False):
+        out, _ = figures(monkeypatch, native=native)
+        for name in ("cpu_preset", "cpu_preset_g32", "paper_preset"):
+            adam, casts, ceiling = (out[f"{name}_{k}"][0] for k in ("adam_ms", "casts_ms", "fraction_ceiling"))
+            assert adam > 0 and 0 < ceiling < 1
+            assert (casts > 0) == native and out[f"{name}_casts_ms"][1] == ("bf16" if native else "fp32")
+            at_peak_ms = out[f"{name}_gflops"][0] * 0.01 / 100 * 1e3  # the spy: 0.01 s a step, 100 GFLOP/s peak
+            assert abs(ceiling - at_peak_ms / (at_peak_ms + adam + casts)) < 1e-9
+
+
+def test_memory_bound_seconds_leaves_gradients_it_needs_and_times_both_parts():
+    from apm.train import OverfitRun, TrainConfig
+
+    image, target = bench._synthetic(16, 16, 8)
+    run = OverfitRun(image, target, TrainConfig(steps=1, precision="fp32"), "cpu")
+    assert all(p.grad is None for p in run.model.parameters())  # never stepped
+    update, casts = bench.memory_bound_seconds(run, repeats=1)
+    assert update > 0 and casts == 0.0  # fp32: no casts
+    assert all(p.grad is not None for p in run.model.parameters())
+
+
 def test_the_official_step_is_the_official_models_work():
     """One timed step of the official model: its FLOPs are forward plus backward of every layer, as published."""
     from apm.official import OFFICIAL_SHAPES

@@ -16,6 +16,11 @@ it is the peak fraction read as a share of time (the counted FLOPs are the matmu
 `official_step_s`: one training step of the official model.py (`apm.official.OfficialModel`: fp32, chunks of
 512, torch's Adam) on one 448 px image; `paper_vs_official_step` is it over `paper_preset_step_s`, and
 `paper_vs_official_ceiling` the same ratio with both steps' counted FLOPs at their precision's matmul peak.
+`*_adam_ms` and `*_casts_ms`: the step's two memory-bound parts timed on their own, Adam's update of every
+parameter (fp32: it reads and writes about 28 bytes a parameter) and autocast's two casts of every weight (to bf16
+for the forward, its gradient back to fp32; 0 in fp32). `*_fraction_ceiling`: the peak fraction the step would
+have if its matmuls ran at the probe's peak and nothing else were left but those two, the most any faster
+matmul or fewer fixed costs could give while the weights and Adam's state stay fp32.
 """
 
 from __future__ import annotations
@@ -70,6 +75,22 @@ def bf16_usable() -> bool:
     return resolve_device("auto").type == "cuda" or cpu_has_fast_bf16()
 
 
+def memory_bound_seconds(run: OverfitRun, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of a step's memory-bound parts, each on its own: the optimiser's update of every parameter,
+    and (in bf16) autocast's two casts of every weight, to bf16 and the gradient back to fp32. It steps the run's
+    optimiser: time a run with it only when the run is done with."""
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a run that has not stepped: the update reads a gradient of every parameter
+            p.grad = torch.zeros_like(p)
+    update = median_seconds(run.optimizer.step, repeats, warmup=1)
+    casts = 0.0
+    if run.amp_dtype is not None:
+        dtype = run.amp_dtype
+        casts = median_seconds(lambda: [p.detach().to(dtype).float() for p in params], repeats, warmup=1)
+    return update, casts
+
+
 def training_figures(emit: Emit) -> None:
     emit("bf16_native", int(cpu_has_fast_bf16()))
     fp32 = matmul_gflops(torch.float32)
@@ -92,6 +113,11 @@ def training_figures(emit: Emit) -> None:
         if preset == "cpu":  # the same ratio read as time: the step's matmuls at peak over the whole step
             emit(f"{name}_matmul_share", fraction, precision)
         emit(f"{name}_gflops", run.model.flops_per_step() / seconds / 1e9, precision)
+        update, casts = memory_bound_seconds(run)
+        at_peak = run.model.flops_per_step() / 1e9 / peak  # the step's matmuls at the probe's peak
+        emit(f"{name}_adam_ms", 1e3 * update, "fp32")
+        emit(f"{name}_casts_ms", 1e3 * casts, precision)
+        emit(f"{name}_fraction_ceiling", at_peak / (at_peak + update + casts), precision)
         if preset == "paper":
             paper_seconds, paper_flops, paper_peak = seconds, run.model.flops_per_step(), peak
     if bf16 is not None:  # with auto = bf16 above, the fp32 rate is the comparison
