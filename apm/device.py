@@ -52,6 +52,23 @@ def cpu_kind(cpuinfo: str | None = None) -> str:
     return "other"
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model as its description names it, with its family and model numbers ('AMD EPYC, family 25
+    model 17'): two machines of one kind can differ twofold (a Zen 4 core multiplies bf16 on 256-bit halves, a
+    Zen 5 core on full 512-bit units), so a speed figure says which it came from. 'unknown' where it is not said."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo or CPUINFO) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    name = fields.get("model name") or "unknown"
+    numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if fields.get(key)]
+    return ", ".join([name, " ".join(numbers)]) if numbers else name
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matmul instructions (AVX512-BF16 or AMX)."""

@@ -306,6 +306,9 @@ def print_class(name: str, visits: list[Visit]) -> None:
 
 def run_classroom(url: str, proc: subprocess.Popen, tmp: Path, teacher_note: str) -> list[tuple[str, bool]]:
     """Two classes against one warm server: the first trains (each distinct run once), the second replays."""
+    from apm.device import cpu_kind, cpu_model
+
+    print(f"cpu_kind {cpu_kind()}  # {cpu_model()}")
     print(f"teacher: {teacher_note}")
     # the visitors' clients share this machine with the server: at the server's own priority, neither is favoured
     # (at today's, 30 clients parsing their streams would run before the server they are measuring)

@@ -1,4 +1,4 @@
-"""Time the app as a user sees it: prints `name value` lines, asserts nothing.
+"""Time the app as a user sees it: prints `name value` lines, asserts nothing; first the CPU's kind and model.
 
     python -m scripts.measure_app [--steps 300] [--grid 16|24|32] [--image assets/examples/face.png] [--no-browser]
 
@@ -174,6 +174,10 @@ def main() -> None:
     args = parser.parse_args()
     # every run here trains: with the run cache on, the page's run would replay the client's (the same settings)
     os.environ["APM_RUN_CACHE"] = "off"
+    from apm.device import cpu_kind, cpu_model
+
+    print(f"cpu_kind {cpu_kind()}  # compare figures only within one kind of CPU", flush=True)
+    print(f"# cpu {cpu_model()}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -99,6 +99,16 @@ def test_the_official_step_is_the_official_models_work():
     assert abs(flops - (6 * macs + 4 * conv)) / flops < 1e-3  # forward, input and weight gradients
 
 
+def test_the_cpu_model_is_read_from_its_description(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert device.cpu_model(str(info)) == "AMD EPYC, family 25 model 17"  # the first core's
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert device.cpu_model(str(info)) == "Some CPU"
+    assert device.cpu_model(str(tmp_path / "missing")) == "unknown"
+
+
 def test_the_cpu_flag_is_read_not_assumed(tmp_path, monkeypatch):
     """The kind comes from the flags line of the CPU's description: AMX, AVX512-BF16, AVX2 only, or none."""
     cases = {"fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile": ("amx", True),

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..device import cpu_has_fast_bf16, cpu_kind, precision_name, resolve_device
+from ..device import cpu_has_fast_bf16, cpu_kind, cpu_model, precision_name, resolve_device
 from ..train import OverfitRun, TrainConfig
 from .synthetic import synthetic_image, synthetic_target
 from .timing import median_seconds
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     print(f"cpu_kind {cpu_kind()}  # amx, avx512_bf16, avx2 or other: compare figures only within one kind")
+    print(f"# cpu {cpu_model()}")
     for name, section in SECTIONS.items():
         if args.only is None or args.only in name:
             section(emit)
