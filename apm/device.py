@@ -39,13 +39,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_kind(cpuinfo: str | None = None) -> str:
-    """The CPU's kind for speed figures: 'amx', 'avx512_bf16', 'avx2' or 'other' (read from its flags)."""
+def _cpuinfo_lines(cpuinfo: str | None) -> list[tuple[str, str]] | None:
+    """The CPU's description as (key, value) lines, every core's in turn; None where it cannot be read."""
     try:
         with open(cpuinfo or CPUINFO) as f:
-            flags = set(" ".join(line.split(":", 1)[1] for line in f if line.startswith("flags")).split())
+            return [(key.strip(), value.strip()) for key, _, value in (line.partition(":") for line in f)]
     except OSError:
+        return None
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """The CPU's kind for speed figures: 'amx', 'avx512_bf16', 'avx2' or 'other' (read from its flags)."""
+    lines = _cpuinfo_lines(cpuinfo)
+    if lines is None:
         return "other"
+    flags = set(" ".join(value for key, value in lines if key == "flags").split())
     for kind in ("amx_bf16", "avx512_bf16", "avx2"):
         if kind in flags:
             return "amx" if kind == "amx_bf16" else kind
@@ -57,16 +65,17 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     model 17'): two machines of one kind can differ twofold (a Zen 4 core multiplies bf16 on 256-bit halves, a
     Zen 5 core on full 512-bit units), so a speed figure says which it came from. 'unknown' where it is not said."""
     fields: dict[str, str] = {}
-    try:
-        with open(cpuinfo or CPUINFO) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown"
+    for key, value in _cpuinfo_lines(cpuinfo) or []:
+        fields.setdefault(key, value)  # the first core's
     name = fields.get("model name") or "unknown"
     numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model")) if fields.get(key)]
     return ", ".join([name, " ".join(numbers)]) if numbers else name
+
+
+def cpu_header() -> str:
+    """The first lines of every speed script's output: the CPU's kind (figures compare only within one) and model."""
+    return (f"cpu_kind {cpu_kind()}  # amx, avx512_bf16, avx2 or other: compare figures only within one kind\n"
+            f"# cpu {cpu_model()}")
 
 
 @functools.lru_cache(maxsize=1)

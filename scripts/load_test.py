@@ -34,6 +34,7 @@ runs with a private TMPDIR (its session folders and Gradio's upload cache) and i
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shutil
@@ -102,7 +103,11 @@ def training_processes(pid: int) -> int:
     return len(subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split())
 
 
-_SSL_CONTEXT = None
+@functools.cache
+def _ssl_context():
+    import ssl
+
+    return ssl.create_default_context()
 
 
 def new_client(url: str, **httpx_kwargs):
@@ -110,15 +115,10 @@ def new_client(url: str, **httpx_kwargs):
     certificates and all, for every request (about 20 ms of CPU), and 30 visitors doing that on the server's own
     two cores made the clients, not the app, what a class measured (37% of the clients' CPU in its first
     seconds). A browser on its own machine costs the server's cores nothing."""
-    import ssl
-
     from gradio_client import Client
 
-    global _SSL_CONTEXT
-    if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = ssl.create_default_context()
     # gradio_client hands `ssl_verify` to httpx's `verify` on every request, which takes a context as it is
-    return Client(url, verbose=False, analytics_enabled=False, download_files=False, ssl_verify=_SSL_CONTEXT,
+    return Client(url, verbose=False, analytics_enabled=False, download_files=False, ssl_verify=_ssl_context(),
                   httpx_kwargs=httpx_kwargs)
 
 
@@ -306,9 +306,9 @@ def print_class(name: str, visits: list[Visit]) -> None:
 
 def run_classroom(url: str, proc: subprocess.Popen, tmp: Path, teacher_note: str) -> list[tuple[str, bool]]:
     """Two classes against one warm server: the first trains (each distinct run once), the second replays."""
-    from apm.device import cpu_kind, cpu_model
+    from apm.device import cpu_header
 
-    print(f"cpu_kind {cpu_kind()}  # {cpu_model()}")
+    print(cpu_header())
     print(f"teacher: {teacher_note}")
     # the visitors' clients share this machine with the server: at the server's own priority, neither is favoured
     # (at today's, 30 clients parsing their streams would run before the server they are measuring)
@@ -492,7 +492,6 @@ def idle_again(before: dict, after: dict) -> bool:
 
 def run_broken(url: str) -> list[tuple[str, bool]]:
     """Every file of the broken-input corpus through the API: each must get a clear message, none a crash."""
-
     from apm.bench.corpus import BROKEN_IMAGES, PICKLE_MARKER, make_corpus
 
     folder = Path(tempfile.mkdtemp(prefix="apm-corpus-"))

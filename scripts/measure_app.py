@@ -174,10 +174,9 @@ def main() -> None:
     args = parser.parse_args()
     # every run here trains: with the run cache on, the page's run would replay the client's (the same settings)
     os.environ["APM_RUN_CACHE"] = "off"
-    from apm.device import cpu_kind, cpu_model
+    from apm.device import cpu_header
 
-    print(f"cpu_kind {cpu_kind()}  # compare figures only within one kind of CPU", flush=True)
-    print(f"# cpu {cpu_model()}", flush=True)
+    print(cpu_header(), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

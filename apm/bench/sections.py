@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..device import cpu_has_fast_bf16, cpu_kind, cpu_model, precision_name, resolve_device
+from ..device import cpu_has_fast_bf16, cpu_header, precision_name, resolve_device
 from ..train import OverfitRun, TrainConfig
 from .synthetic import synthetic_image, synthetic_target
 from .timing import median_seconds
@@ -103,7 +103,8 @@ def training_figures(emit: Emit) -> None:
         seconds, run = step_seconds(preset, grid, d, "auto", steps)  # auto: bf16 only where native
         precision = precision_name(run.amp_dtype)
         peak = bf16 if run.amp_dtype == torch.bfloat16 and bf16 else fp32
-        fraction = run.model.flops_per_step() / seconds / 1e9 / peak
+        flops = run.model.flops_per_step()
+        fraction = flops / seconds / 1e9 / peak
         name = f"{preset}_preset" + ("_g32" if preset == "cpu" and grid == (32, 32) else "")  # the grid setting 32
         if preset == "cpu":
             emit(f"{name}_steps_per_s", 1.0 / seconds, precision)
@@ -112,14 +113,14 @@ def training_figures(emit: Emit) -> None:
         emit(f"{name}_peak_fraction", fraction, precision)
         if preset == "cpu":  # the same ratio read as time: the step's matmuls at peak over the whole step
             emit(f"{name}_matmul_share", fraction, precision)
-        emit(f"{name}_gflops", run.model.flops_per_step() / seconds / 1e9, precision)
+        emit(f"{name}_gflops", flops / seconds / 1e9, precision)
         update, casts = memory_bound_seconds(run)
-        at_peak = run.model.flops_per_step() / 1e9 / peak  # the step's matmuls at the probe's peak
+        at_peak = flops / 1e9 / peak  # the step's matmuls at the probe's peak
         emit(f"{name}_adam_ms", 1e3 * update, "fp32")
         emit(f"{name}_casts_ms", 1e3 * casts, precision)
         emit(f"{name}_fraction_ceiling", at_peak / (at_peak + update + casts), precision)
         if preset == "paper":
-            paper_seconds, paper_flops, paper_peak = seconds, run.model.flops_per_step(), peak
+            paper_seconds, paper_flops, paper_peak = seconds, flops, peak
     if bf16 is not None:  # with auto = bf16 above, the fp32 rate is the comparison
         seconds, _ = step_seconds("cpu", (16, 16), 384, "fp32", 40)
         emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds, "fp32")
@@ -371,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} {value:.4g}" + (f"  # {precision}" if precision else ""), flush=True)
 
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
-    print(f"cpu_kind {cpu_kind()}  # amx, avx512_bf16, avx2 or other: compare figures only within one kind")
-    print(f"# cpu {cpu_model()}")
+    print(cpu_header())
     for name, section in SECTIONS.items():
         if args.only is None or args.only in name:
             section(emit)
