@@ -120,6 +120,71 @@ believes the image looks like at grid resolution.
 """
 
 
+# Gradio's gr.Plot draws every new value into a new element (a keyed block), so plotly's uirevision, which keeps
+# the user's 3D camera and zoom across redraws of one element, never applies: every live frame reset the view,
+# and cut a drag short. This keeps, per plot (its elem_id) and uirevision, the view the user last set (camera,
+# axis ranges; while dragging too) and writes it into each later figure before plotly draws it. The element being
+# replaced is not drawn: before, each frame of every plot was drawn twice (a 3D frame is costly in a browser).
+KEEP_VIEW_JS = """() => {
+    const views = {};  // elem_id -> {rev, set: {path: value}}
+    const keyOf = (gd) => { const box = gd.parentElement && gd.parentElement.closest('[id]'); return box ? box.id : null; };
+    const remember = (gd, ev) => {  // gd may be off the page by now (a drag that ended after the next frame)
+        const key = gd.__apmKey, rev = gd.layout && gd.layout.uirevision;
+        if (!key || rev === undefined || !ev) return;
+        const view = views[key] && views[key].rev === rev ? views[key] : (views[key] = {rev, set: {}});
+        for (const path of Object.keys(ev)) {
+            const m = path.match(/^(scene\\d*\\.camera|[xy]axis\\d*\\.(range|autorange))/);
+            if (!m) continue;
+            const head = m[1].split('.')[0];
+            if (m[1].endsWith('camera')) {  // while dragging, only the event has the camera
+                const camera = typeof ev[path] === 'object' ? ev[path] : gd._fullLayout[head].camera;
+                view.set[head + '.camera'] = JSON.parse(JSON.stringify(camera));
+                continue;
+            }
+            const axis = gd._fullLayout[head];
+            if (axis && axis.autorange) { delete view.set[head + '.range']; delete view.set[head + '.autorange']; }
+            else if (axis) { view.set[head + '.range'] = axis.range.slice(); view.set[head + '.autorange'] = false; }
+        }
+    };
+    const hook = (gd) => {
+        if (gd.__apmKey || !gd.on) return;
+        gd.__apmKey = keyOf(gd);
+        gd.on('plotly_relayout', (ev) => remember(gd, ev));
+        gd.on('plotly_relayouting', (ev) => remember(gd, ev));  // a drag cut short by the next frame is kept too
+    };
+    const wrap = () => {
+        const P = window.Plotly;
+        if (!P || P.__apmKeepsView) return;
+        P.__apmKeepsView = true;
+        const react = P.react;
+        P.react = function (gd, data, layout, config) {
+            const key = gd && gd.parentElement ? keyOf(gd) : null, view = key && views[key];
+            if (view && layout && typeof layout === 'object' && layout.uirevision === view.rev) {
+                for (const [path, value] of Object.entries(view.set)) {
+                    const [head, leaf] = path.split('.');
+                    layout[head] = Object.assign({}, layout[head], {[leaf]: JSON.parse(JSON.stringify(value))});
+                }
+            }
+            if (gd && gd._fullLayout && gd.isConnected) {
+                // a drawn element about to be replaced by the new one (it always is, in this Gradio): draw it only
+                // if it is still on the page once the replacement is done, so each frame is drawn once, not twice
+                const args = arguments, self = this;
+                return Promise.resolve().then(() => {
+                    if (!gd.isConnected) return gd;
+                    const out = react.apply(self, args);
+                    hook(gd);
+                    return out;
+                });
+            }
+            const out = react.apply(this, arguments);
+            if (gd && gd.on) hook(gd);
+            return out;
+        };
+    };
+    new MutationObserver(wrap).observe(document.body, {childList: true, subtree: true});
+    wrap();
+}"""
+
 @dataclass(frozen=True)
 class App:
     """The page and its tabs (whose components tests and scripts address by name)."""
@@ -162,6 +227,7 @@ def build_app() -> App:
         demo.load(islands.from_link, None, islands.link_outputs, queue=False, api_visibility="undocumented",
                   api_name="islands_from_link")
         demo.load(None, None, None, js=PLOT_EVENTS_JS)  # plotly hover / click events into the page's events
+        demo.load(None, None, None, js=KEEP_VIEW_JS)  # the user's camera and zoom across live frames
         demo.unload(unload)
     return App(demo, islands, walk)
 
