@@ -299,12 +299,14 @@ def test_live_frames_keep_the_users_3d_camera_and_zoom(browser, server):
         eye = {"x": 0.4, "y": -1.6, "z": 1.1}
         assert eye != pytest.approx(default)
         assert page.evaluate(JS_SET_VIEW, ["islands-plot", {"scene.camera": {"eye": eye}}])
+        _frames_later(page, 1)  # a frame that replaced the element during the relayout shows it from the next
         assert page.evaluate(JS_CAMERA_EYE) == pytest.approx(eye, rel=1e-6)
         _frames_later(page, 3)
         assert page.evaluate(JS_CAMERA_EYE) == pytest.approx(eye, rel=1e-6)
 
         assert page.evaluate(JS_LOSS_XRANGE) is None
         assert page.evaluate(JS_SET_VIEW, ["loss-plot", {"xaxis.range": [5, 25]}])
+        _frames_later(page, 1)
         assert page.evaluate(JS_LOSS_XRANGE) == pytest.approx([5, 25])
         _frames_later(page, 3)
         assert page.evaluate(JS_LOSS_XRANGE) == pytest.approx([5, 25])
