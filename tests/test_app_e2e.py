@@ -286,7 +286,7 @@ def test_live_frames_keep_the_users_3d_camera_and_zoom(browser, server):
     mouse gestures and modebar buttons end, by a relayout (a mouse drag in a headless browser that shares two
     cores with the training is cut short by the frames themselves, at random)."""
     page = open_app(browser, server)
-    click_example(page, 5)  # the house
+    click_example(page, 5)  # nested shapes
     wait_text(page, "status", "ready")
     open_accordion(page, "Training")
     set_number(page, "steps", 2000)  # the most allowed: training throughout; stopped at the end
