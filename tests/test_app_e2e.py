@@ -109,6 +109,14 @@ def test_run_stop_and_scrub(browser, server):
     page.close()
 
 
+def test_a_status_that_never_comes_says_what_it_read(browser, server):
+    """A wait for a status that never shows fails with the text the status read instead, not a bare timeout."""
+    page = open_app(browser, server)
+    with pytest.raises(AssertionError, match=r"#status did not match .*; it reads '.*Ready"):
+        wait_text(page, "status", r"^no such status$", 500)
+    page.close()
+
+
 def test_run_during_a_run_starts_a_new_one(browser, server):
     page = open_app(browser, server)
     click_example(page, EXAMPLE_FACE)

@@ -216,10 +216,17 @@ def text_of(page, elem_id: str) -> str:
 
 
 def wait_text(page, elem_id: str, pattern: str, timeout_ms: int = 120_000) -> str:
-    """Wait until the element's text matches a JS regular expression; returns the text."""
-    page.wait_for_function(
-        "([id, re]) => new RegExp(re).test(((document.querySelector('#' + id) || {}).innerText || '').trim())",
-        arg=[elem_id, pattern], timeout=timeout_ms, polling=50)
+    """Wait until the element's text matches a JS regular expression; returns the text. On a timeout the error
+    says what the text was instead (a bare Playwright timeout says nothing of it)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "([id, re]) => new RegExp(re).test(((document.querySelector('#' + id) || {}).innerText || '').trim())",
+            arg=[elem_id, pattern], timeout=timeout_ms, polling=50)
+    except PlaywrightTimeout as e:
+        raise AssertionError(f"#{elem_id} did not match {pattern!r} within {timeout_ms} ms; it reads "
+                             f"{text_of(page, elem_id)!r}") from e
     return text_of(page, elem_id)
 
 
