@@ -152,9 +152,11 @@ KEEP_VIEW_JS = """() => {
         gd.on('plotly_relayout', (ev) => remember(gd, ev));
         gd.on('plotly_relayouting', (ev) => remember(gd, ev));  // a drag cut short by the next frame is kept too
     };
-    const wrap = () => {
+    const wrap = () => {  // once: plotly's script arrives with the first plot
         const P = window.Plotly;
-        if (!P || P.__apmKeepsView) return;
+        if (!P) return;
+        waiting.disconnect();
+        if (P.__apmKeepsView) return;
         P.__apmKeepsView = true;
         const react = P.react;
         P.react = function (gd, data, layout, config) {
@@ -181,7 +183,8 @@ KEEP_VIEW_JS = """() => {
             return out;
         };
     };
-    new MutationObserver(wrap).observe(document.body, {childList: true, subtree: true});
+    const waiting = new MutationObserver(wrap);
+    waiting.observe(document.body, {childList: true, subtree: true});
     wrap();
 }"""
 
