@@ -418,6 +418,51 @@ def test_exact_neighbours_match_scikit_learn():
     assert np.allclose(np.take_along_axis(dist, order, axis=1), ref_dist, atol=1e-4)
 
 
+def test_neighbours_come_in_column_order_and_ties_keep_the_lowest_numbered():
+    """`_knn` selects by each row's k-th distance: its rows are sorted by column (the CSR order the affinities
+    need), and where locations tie at the k-th distance (repeated features) the lowest-numbered are kept."""
+    from apm.islands import _knn, squared_distances
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    x[10:30] = x[10]  # 20 identical rows: each of their rows ties 19 ways at distance 0, other rows tie at theirs
+    sq = squared_distances(x, "euclidean")
+    for k in (1, 5, 19, 25, 49):
+        idx, dist = _knn(None, k, sq)
+        assert idx.shape == dist.shape == (50, k)
+        assert np.all(np.diff(idx, axis=1) > 0)  # column order, no repeats
+        assert not np.any(idx == np.arange(50)[:, None])  # never itself
+        reference = np.sort(np.argsort(sq, axis=1, kind="stable")[:, :k], axis=1)  # lowest-numbered among ties
+        assert np.array_equal(idx, reference)
+        np.testing.assert_allclose(dist, np.sqrt(np.take_along_axis(sq, idx, axis=1).astype(np.float64)))
+
+
+def test_warm_update_skips_only_the_error_evaluation(clustered, monkeypatch):
+    """A warm update runs its steps without openTSNE's closing evaluation of the KL divergence (one more gradient,
+    which a live frame never shows): the same embedding as with it, one gradient fewer, no KL reported."""
+    import apm.islands.projection as projection
+
+    grid, _ = clustered
+    first = project(grid, FAST)
+    nudged = grid + 0.05 * np.random.default_rng(1).normal(size=grid.shape).astype(np.float32)
+    calls = []
+    counted = projection.kl_divergence_bh
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("should_eval_error"))
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "kl_divergence_bh", counting)
+    skipped = project(nudged, FAST, previous=first)
+    assert skipped.warm and skipped.kl_divergence is None
+    assert calls == [False] * FAST.warm_iters  # the steps alone
+    calls.clear()
+    monkeypatch.setattr(projection, "_no_final_error", lambda objective: objective)  # openTSNE's own ending
+    full = project(nudged, FAST, previous=first)
+    assert calls == [False] * FAST.warm_iters + [True] and full.kl_divergence is not None
+    assert np.array_equal(skipped.embedding, full.embedding)
+
+
 # pointing and the part-whole tree
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 from openTSNE import TSNEEmbedding, affinity, initialization
+from openTSNE.tsne import kl_divergence_bh, kl_divergence_fft
 
 from ..errors import InputError
 from .colours import _colours, align_embedding
@@ -138,7 +139,7 @@ class Projection:
     aligned: bool  # True when the embedding was Procrustes-aligned to the previous frame
     n_iter: int  # t-SNE optimisation steps run (0 for PCA and degenerate grids)
     perplexity: float | None  # perplexity actually used (None when t-SNE did not run)
-    kl_divergence: float | None  # t-SNE objective at the end (None when t-SNE did not run)
+    kl_divergence: float | None  # t-SNE objective at the end of a full fit (None for warm updates and non-t-SNE)
 
 
 def _effective_perplexity(perplexity: float, n: int) -> float | None:
@@ -151,9 +152,25 @@ def _effective_perplexity(perplexity: float, n: int) -> float | None:
 def _knn(y: np.ndarray, k: int, distances: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours (self excluded) by Euclidean distance: indices (n, k), distances (n, k).
 
-    `distances`: the rows' `squared_distances`, when the caller has them."""
+    Each row's neighbours come in column order (what a CSR matrix of them needs). Where several locations tie at
+    the k-th distance, the lowest-numbered are kept, so the result is the same on every machine. `distances`: the
+    rows' `squared_distances`, when the caller has them.
+    """
     sq = squared_distances(y, "euclidean") if distances is None else distances  # (n, n), inf on the diagonal
-    idx = np.argpartition(sq, k - 1, axis=1)[:, :k]  # (n, k), unsorted: openTSNE does not need the order
+    n = len(sq)
+    # the k-th smallest distance of each row, then the entries up to it: a selection, a comparison and a scan
+    # (about half of what np.argpartition over the rows, then sorting them, costs for a 32 x 32 grid)
+    kth = np.partition(sq, k - 1, axis=1)[:, k - 1:k]  # (n, 1)
+    within = sq <= kth  # (n, n): k entries a row, more where distances tie at the k-th
+    counts = np.count_nonzero(within, axis=1)  # (n,)
+    idx = np.empty((n, k), dtype=np.intp)
+    plain = np.flatnonzero(counts == k)  # (m,) rows without a tie
+    rows = within if len(plain) == n else within[plain]  # (m, n)
+    # their columns: flat positions less each row's start (np.nonzero of the 2D mask costs four times as much)
+    idx[plain] = np.flatnonzero(rows).reshape(-1, k) - (n * np.arange(len(plain)))[:, None]
+    tied = np.flatnonzero(counts > k)
+    if len(tied):
+        idx[tied] = np.sort(np.argsort(sq[tied], axis=1, kind="stable")[:, :k], axis=1)
     d2 = np.take_along_axis(sq, idx, axis=1)  # (n, k)
     return idx, np.sqrt(d2.astype(np.float64))
 
@@ -209,10 +226,11 @@ def joint_affinities(idx: np.ndarray, dist: np.ndarray, perplexity: float) -> sp
     """t-SNE's joint probabilities P = (P_{j|i} + P_{i|j}) / 2n from each point's k neighbours: (n, n) sparse, sum 1."""
     n, k = idx.shape
     p = conditional_affinities(dist, perplexity)  # (n, k)
-    order = np.argsort(idx, axis=1)  # each row's neighbours in column order: a canonical CSR matrix, no re-sorting
-    cols = np.take_along_axis(np.asarray(idx), order, axis=1).ravel()
-    conditional = sp.csr_matrix((np.take_along_axis(p, order, axis=1).ravel(), cols, np.arange(0, n * k + 1, k)),
-                                shape=(n, n))
+    idx = np.asarray(idx)
+    if k > 1 and not np.all(idx[:, 1:] > idx[:, :-1]):  # each row's neighbours in column order: a canonical CSR
+        order = np.argsort(idx, axis=1)  # matrix, no re-sorting (`_knn` gives them so)
+        idx, p = np.take_along_axis(idx, order, axis=1), np.take_along_axis(p, order, axis=1)
+    conditional = sp.csr_matrix((p.ravel(), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     conditional.has_sorted_indices = True
     both = conditional + conditional.T.tocsr()  # mutual neighbours' two halves are summed
     both.data /= 2.0 * n
@@ -225,6 +243,19 @@ def _gradient_method(config: ProjectionConfig, n: int) -> str:
     if config.dim == 1 or (config.dim == 2 and n >= FFT_MIN_POINTS_2D):
         return "fft"
     return "bh"
+
+
+def _no_final_error(objective):
+    """openTSNE's objective (KL divergence and gradient) for a warm update: openTSNE evaluates it once more after
+    the last step only to report the KL divergence, a whole gradient (a sixth of a live frame's five steps) that a
+    live frame never shows; that evaluation, the only one asked for its error here, is skipped."""
+
+    def evaluate(embedding, P, should_eval_error=False, **kwargs):
+        if should_eval_error:  # with no callbacks and verbose off, asked only after the last step
+            return None, None
+        return objective(embedding, P, should_eval_error=False, **kwargs)
+
+    return evaluate
 
 
 # t-SNE
@@ -250,6 +281,8 @@ def _tsne(
         "random_state": config.seed,
     }
     if start is not None:
+        method = {"bh": kl_divergence_bh, "fft": kl_divergence_fft}[params["negative_gradient_method"]]
+        params["negative_gradient_method"] = _no_final_error(method)
         embedding = TSNEEmbedding(np.asarray(start, dtype=np.float64), affinities, **params)
         steps = int(config.warm_iters)
         if steps:
