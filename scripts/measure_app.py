@@ -12,7 +12,8 @@
    is the cold one (the teacher is built then); the second is timed with the teacher loaded. Reported: seconds
    from Run to the first frame, frames per second received, the run's training rate (steps / training time, from
    the last status) and its ratio to the benchmark's.
-3. The same run in headless Chromium (Debian's /usr/bin/chromium through Playwright; never `playwright install`):
+3. The same run (its grid and steps set by a shared link) in headless Chromium (Debian's /usr/bin/chromium through
+   Playwright; never `playwright install`):
    first islands frame, status updates per second, run time. The browser shares the 2 cores with the server, so
    these figures sit below the client's.
 """
@@ -133,9 +134,16 @@ def _client_run(url: str, image: str, steps: int, grid: str) -> dict:
             "finished_s": arrivals[-1] if arrivals else float("nan"), "status": last}
 
 
-def browser_run(url: str, image: str, out: Path) -> None:
+def browser_run(url: str, image: str, out: Path, steps: int, grid: str = "auto") -> None:
+    """The same run through the page: opened with a shared link's settings (the grid and the steps), the image
+    uploaded, Run pressed."""
+    from urllib.parse import urlencode
+
+    query = {"steps": steps, **({} if grid == "auto" else {"grid": grid})}
     with chromium() as browser:
-        page = open_app(browser, url, width=1440, height=1000)
+        page = open_app(browser, f"{url}?{urlencode(query)}", width=1440, height=1000)
+        page.wait_for_function("() => /shared link/.test((document.querySelector('#status') || {}).innerText || '')",
+                               timeout=60_000)
         upload_image(page, image)
         start_ms = page.evaluate(JS_WATCH_STATUS)
         pressed = time.perf_counter()
@@ -224,7 +232,7 @@ def main() -> None:
             emit("server_cpu_cores", usage["server"], "Gradio, rendering frames, the pipe's reader")
             emit("training_cpu_cores", usage["training"], "the training process (torch's threads)")
         if not args.no_browser:
-            browser_run(url, args.image, out)
+            browser_run(url, args.image, out, args.steps, args.grid)
     print(f"# screenshot and server log in {out}")
 
 

@@ -164,6 +164,25 @@ def make_frame(snap: Snapshot, record: RunRecord, view: View, zero_shot: Any = N
     )
 
 
+def next_frame_at(due_at: float, started: float, cost: float) -> float:
+    """When the frame after one due at `due_at`, started at `started` and costing `cost` CPU seconds, is due.
+
+    A steady cadence, never faster than `frame_interval_s`, spaced so that frames take `render_share` of one core
+    on average. The cadence runs from when frames were due, not from when they started: a frame that started late
+    (its snapshot came late, or the busy server ran it late) does not push every later frame back. Never two
+    frames closer than half a spacing, so a stall is not made up in a burst.
+    """
+    spacing = max(LIMITS.frame_interval_s, cost / LIMITS.render_share)
+    return max(due_at + spacing, started + spacing / 2)
+
+
+def snapshot_lead(steps_per_s: float, latency: float) -> float:
+    """How long before a frame is due to ask for its snapshot: about two training steps, or as long as snapshots
+    have been taking to come (`latency`, a running mean) with a margin. A busy server runs below training's
+    priority and reads them late; a frame that waits for its snapshot starts late."""
+    return max(2.0 / steps_per_s if steps_per_s > 0 else 0.1, 1.25 * latency)
+
+
 def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
                 stop: Callable[[], bool] = lambda: False, threads: int | None = None) -> Iterator[Frame]:
     """Train the prepared run and yield a new `Frame` about every `frame_interval_s`, the last one fully fitted.
@@ -172,7 +191,8 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
 
     Training runs in its own process where it can (`LiveRun(backend="auto")`). Frames are paced by time: a
     snapshot is asked for about two steps before a frame is due, and frames are spaced so that projecting and
-    measuring them takes at most `render_share` of one core (on 2 cores, what the server spends, training loses).
+    measuring them takes `render_share` of one core on average (on 2 cores, what the server spends, training loses);
+    see `next_frame_at` and `snapshot_lead`.
     """
     record = prepared.record
     if view is None:
@@ -185,38 +205,41 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
     if niceness:
         log.info("run %d trains at the server's priority: %d visitors are being streamed", record.run_id, streamed)
     record.live = live
-    seen, pending, asked = 0, None, False
+    seen, pending, asked, asked_at = 0, None, False, 0.0
+    latency = 0.0  # how long a snapshot asked for has been taking to come (a running mean)
     next_at = time.monotonic()
-    frames, total_cpu = 0, 0.0
+    frames, total_cpu, first_at, last_at, late = 0, 0.0, None, None, 0.0
     try:
         while not live.finished:
             if stop():
                 live.stop()
             due = next_at - time.monotonic()  # seconds until the next frame
-            lead = 2.0 / live.steps_per_s if live.steps_per_s > 0 else 0.1  # about two training steps
+            lead = snapshot_lead(live.steps_per_s, latency)
             if pending is None and not asked and due <= lead:
                 live.request_snapshot()  # recorded at the next step: here before the frame is due
-                asked = True
+                asked, asked_at = True, time.monotonic()
             if due > 0 or pending is None:
                 if due > 0:  # sleep until the frame is due (or until it is time to ask), unless a snapshot comes
                     timeout = due - lead if pending is None and not asked else due
                 else:  # due, and waiting for the snapshot asked for
                     timeout = 0.5
                 snap, seen = live.wait(seen, timeout=max(0.005, timeout))
+                if snap is not None and asked and pending is None:
+                    took = time.monotonic() - asked_at
+                    latency = took if latency == 0.0 else 0.7 * latency + 0.3 * took
                 pending = snap or pending
                 continue
             started, cpu = time.monotonic(), time.thread_time()
+            late += started - next_at if frames else 0.0  # past its time, waiting for the snapshot
             frame = make_frame(pending, record, view(), prepared.zero_shot)
             # CPU time of this call (measured within it: Gradio resumes a generator on any of its worker threads)
             cost = time.thread_time() - cpu
             record.add_frame(frame)
             pending, asked = None, False
             frames, total_cpu = frames + 1, total_cpu + cost
+            first_at, last_at = first_at or started, started
             yield frame
-            # a steady cadence (a late snapshot does not push every later frame back), never more CPU than the
-            # render share, and never two frames back to back after a stall
-            interval = LIMITS.frame_interval_s
-            next_at = max(next_at + interval, started + cost / LIMITS.render_share, started + interval / 2)
+            next_at = next_frame_at(next_at, started, cost)
         live.join()
         if live.error is not None:
             raise live.error
@@ -230,8 +253,10 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
     finally:
         live.stop()
         if frames:
-            log.info("run %d: %d live frames, projection and metrics %.1f ms CPU each, %.1f steps/s, %s backend",
-                     record.run_id, frames, 1000 * total_cpu / frames, live.steps_per_s, live.backend)
+            every = (last_at - first_at) / (frames - 1) if frames > 1 else 0.0
+            log.info("run %d: %d live frames, one every %.0f ms (%.0f ms late on average), projection and metrics "
+                     "%.1f ms CPU each, %.1f steps/s, %s backend", record.run_id, frames, 1000 * every,
+                     1000 * late / max(frames - 1, 1), 1000 * total_cpu / frames, live.steps_per_s, live.backend)
 
 
 KEPT = ("steps", "target_loss", "time_budget")  # how a run must end to be kept in the run cache (not stopped)
