@@ -425,9 +425,12 @@ def test_neighbours_come_in_column_order_and_ties_keep_the_lowest_numbered():
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(50, 8)).astype(np.float32)
-    x[10:30] = x[10]  # 20 identical rows: each of their rows ties 19 ways at distance 0, other rows tie at theirs
-    sq = squared_distances(x, "euclidean")
-    for k in (1, 5, 19, 25, 49):
+    x[10:30] = x[10]  # 20 identical rows: their distances to each other are 0, or within round-off of it
+    # and distances that tie exactly on every CPU: small whole numbers, symmetric, inf on the diagonal
+    whole = rng.integers(1, 4, size=(50, 50)).astype(np.float32)
+    whole = np.minimum(whole, whole.T)
+    np.fill_diagonal(whole, np.inf)
+    for sq, k in [(sq, k) for sq in (squared_distances(x, "euclidean"), whole) for k in (1, 5, 19, 25, 49)]:
         idx, dist = _knn(None, k, sq)
         assert idx.shape == dist.shape == (50, k)
         assert np.all(np.diff(idx, axis=1) > 0)  # column order, no repeats
