@@ -125,6 +125,8 @@ believes the image looks like at grid resolution.
 # and cut a drag short. This keeps, per plot (its elem_id) and uirevision, the view the user last set (camera,
 # axis ranges; while dragging too) and writes it into each later figure before plotly draws it. The element being
 # replaced is not drawn: before, each frame of every plot was drawn twice (a 3D frame is costly in a browser).
+# It is also the page's one place where a new plot element is hooked: a tab adds its own plotly events with
+# `window.__apmPlotHooks.push((gd) => ...)` (see PLOT_EVENTS_JS), called once for each element as it is drawn.
 KEEP_VIEW_JS = """() => {
     const views = {};  // elem_id -> {rev, set: {path: value}}
     const keyOf = (gd) => { const box = gd.parentElement && gd.parentElement.closest('[id]'); return box ? box.id : null; };
@@ -146,11 +148,13 @@ KEEP_VIEW_JS = """() => {
             else if (axis) { view.set[head + '.range'] = axis.range.slice(); view.set[head + '.autorange'] = false; }
         }
     };
-    const hook = (gd) => {
-        if (gd.__apmKey || !gd.on) return;
+    const hook = (gd) => {  // once per plot element, when plotly first draws it
+        if (gd.__apmHooked || !gd.on) return;
+        gd.__apmHooked = true;
         gd.__apmKey = keyOf(gd);
         gd.on('plotly_relayout', (ev) => remember(gd, ev));
         gd.on('plotly_relayouting', (ev) => remember(gd, ev));  // a drag cut short by the next frame is kept too
+        for (const more of window.__apmPlotHooks || []) more(gd);  // the tabs' own events (PLOT_EVENTS_JS)
     };
     const wrap = () => {  // once: plotly's script arrives with the first plot
         const P = window.Plotly;

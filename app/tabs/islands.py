@@ -75,23 +75,13 @@ PLOT_EVENTS_JS = """() => {
         box.value = text + ':' + window.__apmPick;
         box.dispatchEvent(new Event('input', {bubbles: true}));
     };
-    const hook = () => {
-        const scatter = document.querySelector('#islands-plot .js-plotly-plot');
-        if (scatter && scatter.on && !scatter.__apmHooked) {
-            scatter.__apmHooked = true;
-            scatter.on('plotly_hover', (e) => { const p = e.points && e.points[0]; if (p) send('loc:' + p.pointNumber); });
-            scatter.on('plotly_click', (e) => { const p = e.points && e.points[0]; if (p) send('loc:' + p.pointNumber); });
-        }
-        const tree = document.querySelector('#part-whole-tree .js-plotly-plot');
-        if (tree && tree.on && !tree.__apmHooked) {
-            tree.__apmHooked = true;
-            const seg = (e) => { const p = e.points && e.points[0]; if (p && p.id) send('seg:' + p.id); };
-            tree.on('plotly_hover', seg);
-            tree.on('plotly_click', seg);
-        }
-    };
-    new MutationObserver(hook).observe(document.body, {childList: true, subtree: true});
-    hook();
+    const point = (e) => { const p = e.points && e.points[0]; if (p) send('loc:' + p.pointNumber); };
+    const segment = (e) => { const p = e.points && e.points[0]; if (p && p.id) send('seg:' + p.id); };
+    // each plot element once, as plotly first draws it (the page's plot hook, KEEP_VIEW_JS in app/ui.py)
+    (window.__apmPlotHooks = window.__apmPlotHooks || []).push((gd) => {
+        const on = gd.closest('#islands-plot') ? point : gd.closest('#part-whole-tree') ? segment : null;
+        if (on) { gd.on('plotly_hover', on); gd.on('plotly_click', on); }
+    });
 }"""
 # the browser copies the link (the clipboard may be refused: the box shows it either way)
 COPY_LINK_JS = """(query) => {
