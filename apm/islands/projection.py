@@ -168,7 +168,7 @@ def _knn(y: np.ndarray, k: int, distances: np.ndarray | None = None) -> tuple[np
     rows = within if len(plain) == n else within[plain]  # (m, n)
     # their columns: flat positions less each row's start (np.nonzero of the 2D mask costs four times as much)
     idx[plain] = np.flatnonzero(rows).reshape(-1, k) - (n * np.arange(len(plain)))[:, None]
-    tied = np.flatnonzero(counts > k)
+    tied = np.flatnonzero(counts != k)  # ties at the k-th distance (or, in a caller's matrix, NaN: never garbage)
     if len(tied):
         idx[tied] = np.sort(np.argsort(sq[tied], axis=1, kind="stable")[:, :k], axis=1)
     d2 = np.take_along_axis(sq, idx, axis=1)  # (n, k)
