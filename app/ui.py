@@ -127,8 +127,13 @@ believes the image looks like at grid resolution.
 # replaced is not drawn: before, each frame of every plot was drawn twice (a 3D frame is costly in a browser).
 # It is also the page's one place where a new plot element is hooked: a tab adds its own plotly events with
 # `window.__apmPlotHooks.push((gd) => ...)` (see PLOT_EVENTS_JS), called once for each element as it is drawn.
+# Gradio never purges the element it replaces, and plotly keeps each one alive: a 3D scene runs its own render
+# loop (requestAnimationFrame) until purged, and every plot holds a window resize listener. Over a long run the
+# old elements piled up (one per frame per plot) and a 3D view slowed to a frame every 30 s and more. Each
+# element that has left the page is purged when the next plot is drawn.
 KEEP_VIEW_JS = """() => {
     const views = {};  // elem_id -> {rev, set: {path: value}}
+    const drawn = new Set();  // hooked plot elements, until they leave the page and are purged
     const keyOf = (gd) => { const box = gd.parentElement && gd.parentElement.closest('[id]'); return box ? box.id : null; };
     const remember = (gd, ev) => {  // gd may be off the page by now (a drag that ended after the next frame)
         const key = gd.__apmKey, rev = gd.layout && gd.layout.uirevision;
@@ -152,6 +157,7 @@ KEEP_VIEW_JS = """() => {
         if (gd.__apmHooked || !gd.on) return;
         gd.__apmHooked = true;
         gd.__apmKey = keyOf(gd);
+        drawn.add(gd);
         gd.on('plotly_relayout', (ev) => remember(gd, ev));
         gd.on('plotly_relayouting', (ev) => remember(gd, ev));  // a drag cut short by the next frame is kept too
         for (const more of window.__apmPlotHooks || []) more(gd);  // the tabs' own events (PLOT_EVENTS_JS)
@@ -163,7 +169,15 @@ KEEP_VIEW_JS = """() => {
         if (P.__apmKeepsView) return;
         P.__apmKeepsView = true;
         const react = P.react;
+        const purgeGone = () => {
+            for (const old of drawn) {
+                if (old.isConnected) continue;
+                drawn.delete(old);
+                try { P.purge(old); } catch (e) { /* an element plotly no longer knows: nothing to release */ }
+            }
+        };
         P.react = function (gd, data, layout, config) {
+            purgeGone();
             const key = gd && gd.parentElement ? keyOf(gd) : null, view = key && views[key];
             if (view && layout && typeof layout === 'object' && layout.uirevision === view.rev) {
                 for (const [path, value] of Object.entries(view.set)) {

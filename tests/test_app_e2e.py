@@ -270,6 +270,20 @@ JS_CAMERA_EYE = """() => {
 JS_ISLANDS_STEP = """() => { const el = document.querySelector('#islands-plot .js-plotly-plot');
     const m = el && el.layout && el.layout.title && (el.layout.title.text || '').match(/step (\\d+)/);
     return m ? parseInt(m[1]) : -1; }"""
+# the plot elements that leave the page, kept so that a test can see what was released
+JS_WATCH_GONE_PLOTS = """() => {
+    window.__gonePlots = [];
+    new MutationObserver((records) => {
+        for (const r of records) for (const node of r.removedNodes) {
+            if (!node.querySelectorAll) continue;
+            if (node.matches('.js-plotly-plot')) window.__gonePlots.push(node);
+            window.__gonePlots.push(...node.querySelectorAll('.js-plotly-plot'));
+        }
+    }).observe(document.body, {childList: true, subtree: true});
+}"""
+JS_PLOT_STATE = """() => Array.from(document.querySelectorAll('#islands-plot .js-plotly-plot')).map((el) => ({
+    connected: el.isConnected, title: el.layout && el.layout.title && el.layout.title.text, hooked: !!el.__apmHooked,
+    drawn: !!el._fullLayout}))"""
 JS_LOSS_XRANGE = """() => { const el = document.querySelector('#loss-plot .js-plotly-plot');
     const ax = el && el._fullLayout && el._fullLayout.xaxis;
     return ax && !ax.autorange ? ax.range.map(Number) : null; }"""
@@ -283,7 +297,11 @@ def _frames_later(page, frames: int) -> None:
     (a view kept only because the frames stopped would prove nothing)."""
     for _ in range(frames):
         seen = page.evaluate(JS_ISLANDS_STEP)
-        page.wait_for_function(f"() => ({JS_ISLANDS_STEP})() > {seen}", timeout=60_000)
+        try:
+            page.wait_for_function(f"() => ({JS_ISLANDS_STEP})() > {seen}", timeout=60_000)
+        except Exception as e:  # say what the page showed: a run that ended, or frames that stopped while it trained
+            raise AssertionError(f"no frame after step {seen} in 60 s; status: {status(page)!r}; "
+                                 f"plots: {page.evaluate(JS_PLOT_STATE)}") from e
     assert status(page).startswith("training"), status(page)
 
 
@@ -299,6 +317,7 @@ def test_live_frames_keep_the_users_3d_camera_and_zoom(browser, server):
     open_accordion(page, "Training")
     set_number(page, "steps", 2000)  # the most allowed: training throughout; stopped at the end
     page.get_by_text("t-SNE 3D", exact=True).click()
+    page.evaluate(JS_WATCH_GONE_PLOTS)
     page.click("#run")
     try:
         page.wait_for_function(f"() => ({JS_ISLAND_POINTS})() > 0", timeout=60_000)
@@ -318,6 +337,14 @@ def test_live_frames_keep_the_users_3d_camera_and_zoom(browser, server):
         assert page.evaluate(JS_LOSS_XRANGE) == pytest.approx([5, 25])
         _frames_later(page, 3)
         assert page.evaluate(JS_LOSS_XRANGE) == pytest.approx([5, 25])
+
+        # every element a live frame replaced is purged by the next drawing: a 3D scene left alive keeps its render
+        # loop going, and over a long run they piled up until the page drew a frame every 30 s and more
+        gone = page.evaluate("() => window.__gonePlots.length")
+        assert gone >= 8, gone  # eight frames and more of the islands plot alone
+        _frames_later(page, 1)
+        alive = page.evaluate(f"() => window.__gonePlots.slice(0, {gone}).filter((gd) => !!gd._fullLayout).length")
+        assert alive == 0, f"{alive} of {gone} replaced plot elements still hold their plot"
         page.evaluate("() => document.querySelector('#islands-plot').scrollIntoView({block: 'center'})")
         shot(page, ARTIFACTS, "08b-3d-camera-kept", full_page=False)
     finally:
