@@ -27,6 +27,14 @@ class Limits:
     train_threads: int | None = None  # APM_TRAIN_THREADS: torch threads of a training thread
     frame_interval_s: float = 0.22  # the page hears from a run about this often (4.5 updates a second)
     render_share: float = 0.18  # frames are spaced so rendering takes at most this share of one core
+    # but at least this many updates a second while that takes at most `max_render_share` of a core (a 32 x 32 frame
+    # costs 60-80 ms of CPU beside training on 2 AVX512-BF16 cores: at 0.18 of a core, 2.3-2.7 updates a second)
+    min_updates_per_s: float = 3.0
+    max_render_share: float = 0.25
+    # a run's training process yields this much (Linux niceness) at grids of `dear_frame_locations` and more, so that
+    # the web server, itself niced below training (APM_SERVER_NICENESS), gets the CPU those frames need
+    dear_frame_locations: int = 1024
+    dear_frame_niceness: int = 2
 
     @classmethod
     def from_env(cls) -> Limits:

@@ -531,15 +531,24 @@ def test_the_grid_setting_reaches_the_teacher_and_the_apm():
 
 def test_frame_pacing_keeps_its_cadence_and_the_render_share():
     """`next_frame_at`: frames never come faster than the interval, a cheap frame that starts late does not push
-    the later ones back, a dear one never takes more than the render share of a core, and a stall is not made up
-    in a burst. `snapshot_lead`: snapshots are asked for further ahead when they have been coming late."""
-    from app.engine.islands import next_frame_at, snapshot_lead
+    the later ones back, a dear one takes at most the render share of a core unless the floor of updates a second
+    needs more (never more than the most allowed), and a stall is not made up in a burst. `snapshot_lead`:
+    snapshots are asked for further ahead when they have been coming late."""
+    from app.engine.islands import next_frame_at, render_spacing, snapshot_lead
     from app.settings import LIMITS
 
-    interval, share = LIMITS.frame_interval_s, LIMITS.render_share
-    cheap, dear = 0.2 * share * interval, 3.0 * share * interval  # CPU seconds of a frame: under and over the share
+    interval, share, most = LIMITS.frame_interval_s, LIMITS.render_share, LIMITS.max_render_share
+    floor = 1.0 / LIMITS.min_updates_per_s
+    assert interval < floor and share < most
+    cheap = 0.2 * share * interval  # CPU seconds of a frame under the share at the interval
     assert next_frame_at(10.0, 10.0, cheap) == pytest.approx(10.0 + interval)
-    assert next_frame_at(10.0, 10.0, dear) == pytest.approx(10.0 + dear / share)
+    kept = 0.5 * (share + most) * floor  # over the share at the floor, under the most allowed: the floor holds
+    assert next_frame_at(10.0, 10.0, kept) == pytest.approx(10.0 + floor)
+    assert share < kept / render_spacing(kept) <= most
+    dear = 3.0 * most * floor  # too dear for the floor: the most allowed share of a core, no more
+    assert next_frame_at(10.0, 10.0, dear) == pytest.approx(10.0 + dear / most)
+    costs = np.linspace(0.0, 2 * dear, 200)  # the spacing grows with the cost: a dearer frame never comes sooner
+    assert np.all(np.diff([render_spacing(c) for c in costs]) >= 0)
 
     def starts(cost: float, late: float) -> np.ndarray:  # each frame starts `late` seconds after it was due
         due, out = 0.0, []
@@ -550,9 +559,26 @@ def test_frame_pacing_keeps_its_cadence_and_the_render_share():
 
     np.testing.assert_allclose(np.diff(starts(cheap, 0.4 * interval)), interval)  # the cadence holds
     gaps = np.diff(starts(dear, 0.1))
-    assert np.all(gaps >= dear / share - 1e-9) and dear / gaps.mean() <= share  # never over the share
+    assert np.all(gaps >= dear / most - 1e-9) and dear / gaps.mean() <= most  # never over the most allowed share
     stalled = 10 * interval  # a stall: the next frame comes half an interval after the late one, not at once
     assert next_frame_at(0.0, stalled, cheap) == pytest.approx(stalled + interval / 2)
     assert snapshot_lead(20.0, 0.0) == pytest.approx(0.1)  # two steps
     assert snapshot_lead(20.0, 0.3) == pytest.approx(0.375)  # or as long as snapshots have been taking, and a margin
     assert snapshot_lead(0.0, 0.0) == pytest.approx(0.1)
+
+
+def test_training_yields_where_frames_are_dear_and_to_a_busy_server(monkeypatch):
+    """A run's training process: as forked at grids with cheap frames, a little nicer where frames are dear (so the
+    niced server gets the CPU its floor of updates needs), as nice as the server while it streams to a class."""
+    from apm.env import server_niceness
+    from app.engine.islands import BUSY_STREAMS, training_niceness
+    from app.settings import LIMITS
+
+    dear = LIMITS.dear_frame_locations
+    assert training_niceness(16 * 16, 0) == 0
+    assert 0 < training_niceness(32 * 32, 0) == min(LIMITS.dear_frame_niceness, server_niceness()) <= server_niceness()
+    assert training_niceness(dear - 1, 1) == 0 and training_niceness(dear, 1) == training_niceness(32 * 32, 0)
+    for locations in (16 * 16, 32 * 32):
+        assert training_niceness(locations, BUSY_STREAMS) == server_niceness()
+    monkeypatch.setenv("APM_SERVER_NICENESS", "0")  # a server that does not yield: training never yields to it
+    assert training_niceness(32 * 32, 0) == 0

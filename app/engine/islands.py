@@ -174,7 +174,22 @@ def next_frame_at(due_at: float, started: float, cost: float) -> float:
     the library's rate for no more updates.)
     """
     interval = LIMITS.frame_interval_s
-    return max(due_at + interval, started + cost / LIMITS.render_share, started + interval / 2)
+    return max(due_at + interval, started + render_spacing(cost), started + interval / 2)
+
+
+def render_spacing(cost: float) -> float:
+    """The least time between the starts of two frames that cost `cost` CPU seconds each: rendering takes at most
+    `render_share` of a core, or as much as `min_updates_per_s` needs, never more than `max_render_share`."""
+    floor = max(1.0 / LIMITS.min_updates_per_s, cost / LIMITS.max_render_share)
+    return min(cost / LIMITS.render_share, floor)
+
+
+def training_niceness(locations: int, streamed: int) -> int:
+    """How much nicer than as forked a run's training process runs: as nice as the server while the server streams
+    to a class (`BUSY_STREAMS`), a little nicer where frames are dear (`dear_frame_locations`), else not at all."""
+    if streamed >= BUSY_STREAMS:
+        return server_niceness()
+    return min(LIMITS.dear_frame_niceness, server_niceness()) if locations >= LIMITS.dear_frame_locations else 0
 
 
 def snapshot_lead(steps_per_s: float, latency: float) -> float:
@@ -200,10 +215,11 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
         view = lambda: prepared.view  # noqa: E731
     threads = LIMITS.train_threads or threads
     streamed = streams()
-    niceness = server_niceness() if streamed >= BUSY_STREAMS else 0
+    h, w = prepared.overfit.model_config.grid
+    niceness = training_niceness(h * w, streamed)
     live = LiveRun(prepared.overfit, keep=2, threads=threads, idle_timeout_s=15.0, backend="auto",
                    niceness=niceness).start()
-    if niceness:
+    if streamed >= BUSY_STREAMS:
         log.info("run %d trains at the server's priority: %d visitors are being streamed", record.run_id, streamed)
     record.live = live
     seen, pending, asked, asked_at = 0, None, False, 0.0
