@@ -7,7 +7,9 @@ own events are callable but undocumented.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -231,9 +233,48 @@ def _absent_modules_fail_fast(*names: str) -> None:
             sys.modules[name] = None  # type: ignore[assignment]
 
 
+def _is_skip(value: Any) -> bool:
+    return isinstance(value, dict) and value == {"__type__": "update"}
+
+
+class Page(gr.Blocks):
+    """gr.Blocks that sends an output left unchanged without rebuilding it.
+
+    An event that returns a dict of some of its outputs leaves the others to Gradio as `gr.skip()`, an empty update,
+    and Gradio handles an empty update as it does any update of a component's properties: it builds a new
+    instance of the component and its whole config, JSON schemas of its API included, and sends the same
+    `{"__type__": "update"}` it was given. A live frame leaves nine of its outputs unchanged (the buttons, the
+    panels drawn every few seconds), and that rebuilding was a fifth of the server's CPU a frame at 16 x 16, as
+    much as the islands' t-SNE. Here the unchanged outputs are set aside, the others go through Gradio's own
+    postprocessing, and each unchanged one gets the update Gradio would have sent (tests/test_app_design.py checks
+    that the two agree).
+    """
+
+    async def postprocess_data(self, block_fn, predictions, state):  # noqa: ANN001, ANN201 (Gradio's signature)
+        outputs = list(block_fn.outputs)
+        values = predictions
+        if isinstance(values, dict) and values and all(isinstance(k, gr.blocks.Block) for k in values):
+            values = gr.blocks.convert_component_dict_to_list(outputs, values)
+        if (block_fn.batch or block_fn.is_validator_function or not isinstance(values, (list, tuple))
+                or len(outputs) < 2 or len(values) != len(outputs)):
+            return await super().postprocess_data(block_fn, predictions, state)
+        kept = [i for i, value in enumerate(values) if not _is_skip(value)]
+        if len(kept) == len(outputs):
+            return await super().postprocess_data(block_fn, values, state)
+        out: list[Any] = [{"__type__": "update"} for _ in outputs]
+        if kept:
+            fn = copy.copy(block_fn)
+            fn.outputs = [outputs[i] for i in kept]
+            done = await super().postprocess_data(fn, [values[i] for i in kept] if len(kept) > 1 else values[kept[0]],
+                                                  state)
+            for i, value in zip(kept, done):
+                out[i] = value
+        return out
+
+
 def build_app() -> App:
     _absent_modules_fail_fast("matplotlib")
-    with gr.Blocks(title="APM islands", delete_cache=(600, 3600)) as demo:
+    with Page(title="APM islands", delete_cache=(600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Islands", id="islands-tab"):
             islands = IslandsTab().build()

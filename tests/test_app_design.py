@@ -245,3 +245,54 @@ def test_streaming_handlers_stay_generators_through_their_wrappers():
         if block_fn.fn is not None and block_fn.api_name in streaming:
             found[block_fn.api_name] = inspect.isgeneratorfunction(block_fn.fn)
     assert set(found) == streaming and all(found.values()), found
+
+
+def test_the_page_sends_unchanged_outputs_as_gradio_would_without_rebuilding_them(monkeypatch):
+    """`Page.postprocess_data` sets the outputs an event leaves unchanged aside (an empty update, which Gradio
+    answers by rebuilding the component and its config) and sends exactly what Gradio sends, for every way a
+    handler leaves an output unchanged: missing from a returned dict, or `gr.skip()` in a list."""
+    import asyncio
+    import copy
+
+    import plotly.graph_objects as go
+    from gradio.state_holder import SessionState
+
+    from app.ui import Page
+
+    figure = go.Figure(go.Scatter(x=[1, 2], y=[3, 4]), layout={"title": {"text": "t"}})
+    image = np.full((8, 8, 3), 200, dtype=np.uint8)
+    with Page() as page:
+        outs = [gr.Textbox(), gr.Button("b"), gr.Plot(), gr.HTML(), gr.Markdown(), gr.Slider(0, 10), gr.Image()]
+        gr.Button("go").click(lambda: None, None, outs)
+    fn = page.fns[0]
+    text, button, plot, html, md, slider, img = outs
+    cases = [  # (what the handler returns, how many outputs it leaves unchanged)
+        ({text: "status"}, 6),  # one kept: Gradio wraps a single output's value
+        ({text: "status", plot: figure, img: image}, 4),
+        ({slider: gr.update(value=3, maximum=20), button: gr.update(visible=False), md: "**m**"}, 4),
+        ({html: gr.skip(), text: "x"}, 6),  # an explicit skip in a dict
+        (["a", gr.skip(), figure, gr.skip(), "m", 4, gr.skip()], 3),  # skips in a list
+        (["a", gr.update(visible=True), figure, "<b>h</b>", "m", 4, image], 0),  # nothing unchanged
+    ]
+    rebuilt = []
+    monkeypatch.setattr(SessionState, "_update_config", lambda self, key, _orig=SessionState._update_config: (
+        rebuilt.append(key), _orig(self, key))[1])
+
+    def run(blocks_cls, case):
+        rebuilt.clear()
+        value = {k: copy.deepcopy(v) for k, v in case.items()} if isinstance(case, dict) else copy.deepcopy(case)
+        out = asyncio.run(blocks_cls.postprocess_data(page, fn, value, SessionState(page)))
+        return out, len(rebuilt)
+
+    for case, unchanged in cases:
+        ours, ours_rebuilt = run(Page, case)
+        theirs, theirs_rebuilt = run(gr.Blocks, case)
+        assert len(ours) == len(outs)
+        for a, b in zip(ours, theirs):
+            if isinstance(a, dict) and "path" in a:  # an image saved to Gradio's cache: the same picture
+                assert a.keys() == b.keys() and a["path"].rsplit("/", 1)[-1] == b["path"].rsplit("/", 1)[-1]
+            elif isinstance(b, dict) and b.get("props") == gr.skip():  # Gradio's gr.HTML copies the update's own
+                assert a == {k: v for k, v in b.items() if k != "props"}  # marker into its props: nothing to change
+            else:
+                assert a == b
+        assert ours_rebuilt == theirs_rebuilt - unchanged  # only the real updates of properties are rebuilt
