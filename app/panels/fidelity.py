@@ -62,7 +62,7 @@ class FidelityPanel(Panel):
         sub = (f"cos(APM, teacher) per location, mean {frame.metrics.fidelity:.2f}" if fid is not None
                else "needs a dense teacher target")
         out = {self.plot: plots.heatmap_figure(fid, TITLE, 0.0, 1.0, sub=sub)}
-        if not ctx.one_pass:  # sent even when hidden: a skip costs Gradio more than this short string
+        if not ctx.one_pass:  # sent even when hidden (a short string)
             out[self.apm_labels] = plots.labels_html(frame.apm_labels, "APM's top-5 labels" + untrained_note(ctx.record),
                                                      "need a global target (Target: global or both)")
         return out
