@@ -208,7 +208,8 @@ def live_frames(prepared: Prepared, view: Callable[[], View] | None = None,
     Training runs in its own process where it can (`LiveRun(backend="auto")`). Frames are paced by time: a
     snapshot is asked for about two steps before a frame is due (further when snapshots have been coming late),
     and frames are spaced so that projecting and measuring them takes at most `render_share` of one core (on 2
-    cores, what the server spends, training loses); see `next_frame_at` and `snapshot_lead`.
+    cores, what the server spends, training loses), or up to `max_render_share` where that keeps
+    `min_updates_per_s`; see `next_frame_at`, `render_spacing`, `snapshot_lead` and `training_niceness`.
     """
     record = prepared.record
     if view is None:
