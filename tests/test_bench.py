@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 import torch
 
 from apm import device
@@ -127,3 +130,23 @@ def test_the_cpu_flag_is_read_not_assumed(tmp_path, monkeypatch):
         assert device.cpu_kind() == "other" and device.cpu_has_fast_bf16() is False
     finally:
         device.cpu_has_fast_bf16.cache_clear()
+
+
+def test_the_islands_bench_is_the_benchs_islands_section(monkeypatch, capsys):
+    """`python -m apm.islands_bench` runs `apm.bench`'s islands section alone and passes its own arguments on."""
+    import runpy
+
+    from apm.bench import sections
+
+    ran = []
+    fake = {name: (lambda emit, name=name: (ran.append(name), emit(f"{name}_ms", 1.0))) for name in sections.SECTIONS}
+    monkeypatch.setattr(sections, "SECTIONS", fake)
+    monkeypatch.setattr(sys, "argv", ["apm.islands_bench", "--threads", "1"])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_module("apm.islands_bench", run_name="__main__")
+        assert done.value.code == 0 and ran == ["islands"] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert "islands_ms 1" in capsys.readouterr().out
