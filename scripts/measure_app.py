@@ -134,9 +134,9 @@ def _client_run(url: str, image: str, steps: int, grid: str) -> dict:
             "finished_s": arrivals[-1] if arrivals else float("nan"), "status": last}
 
 
-def browser_run(url: str, image: str, out: Path, steps: int, grid: str = "auto") -> None:
+def browser_run(url: str, image: str, out: Path, steps: int, grid: str = "auto") -> tuple[int, int] | None:
     """The same run through the page: opened with a shared link's settings (the grid and the steps), the image
-    uploaded, Run pressed."""
+    uploaded, Run pressed. Returns the (step, total) of its final status."""
     from urllib.parse import urlencode
 
     query = {"steps": steps, **({} if grid == "auto" else {"grid": grid})}

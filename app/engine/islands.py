@@ -168,7 +168,7 @@ def next_frame_at(due_at: float, started: float, cost: float) -> float:
     """When the frame after one due at `due_at`, started at `started` and costing `cost` CPU seconds, is due.
 
     A steady cadence of `frame_interval_s` from when frames were due (a frame whose snapshot came a little late
-    does not push every later frame back), never more CPU than `render_share` of one core counted from each frame's
+    does not push every later frame back), never more CPU than `render_spacing` allows counted from each frame's
     start, and never two frames back to back after a stall. (Keeping the render share's spacing from when frames
     were due instead was measured: at 32 x 32 the frame thread then never rests, and training fell to 0.66-0.70 of
     the library's rate for no more updates.)
