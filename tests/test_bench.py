@@ -14,16 +14,20 @@ from apm.bench import sections as bench
 class Spy:
     """Stands in for the timed functions: records what was asked, answers at once."""
 
-    def __init__(self):
+    def __init__(self, peaks=None):
         self.matmuls: list[torch.dtype] = []
         self.steps: list[str] = []
+        self.events: list[tuple] = []  # ("matmul", dtype) and ("step", precision), in order
+        self.peaks = peaks  # successive GFLOP/s the probe answers (None: always 100)
 
     def matmul(self, dtype, n=2048, repeats=10):
         self.matmuls.append(dtype)
-        return 100.0
+        self.events.append(("matmul", dtype))
+        return 100.0 if self.peaks is None else self.peaks[len(self.matmuls) - 1]
 
     def step(self, preset, grid, d, precision, steps):
         self.steps.append(precision)
+        self.events.append(("step", precision))
         image, target = bench._synthetic(*grid, 8)
         from apm.train import OverfitRun, TrainConfig
 
@@ -31,14 +35,14 @@ class Spy:
         return 0.01, run
 
 
-def figures(monkeypatch, native: bool) -> tuple[dict, Spy]:
-    spy = Spy()
+def figures(monkeypatch, native: bool, peaks=None) -> tuple[dict, Spy]:
+    spy = Spy(peaks)
     monkeypatch.setattr(bench, "cpu_has_fast_bf16", lambda: native)
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native)
     monkeypatch.setattr(bench, "matmul_gflops", spy.matmul)
     monkeypatch.setattr(bench, "step_seconds", spy.step)
     monkeypatch.setattr(bench, "resolve_device", lambda _: torch.device("cpu"))
-    monkeypatch.setattr(bench, "official_step", lambda steps=3: (2.0, 4 * 10**11))
+    monkeypatch.setattr(bench, "official_step", lambda steps=3: spy.events.append(("official",)) or (2.0, 4 * 10**11))
     out: dict = {}
     bench.training_figures(lambda name, value, precision=None: out.__setitem__(name, (value, precision)))
     return out, spy
@@ -47,7 +51,7 @@ def figures(monkeypatch, native: bool) -> tuple[dict, Spy]:
 def test_without_native_bf16_nothing_runs_in_bf16(monkeypatch):
     out, spy = figures(monkeypatch, native=False)
     assert out["bf16_native"] == (0, None)
-    assert spy.matmuls == [torch.float32]  # no bf16 matmul is timed
+    assert set(spy.matmuls) == {torch.float32}  # no bf16 matmul is timed
     assert "matmul_gflops_bf16" not in out and "cpu_preset_fp32_steps_per_s" not in out
     assert all(p in (None, "fp32") for _, p in out.values())  # every figure says fp32
     assert out["cpu_preset_steps_per_s"][1] == "fp32"
@@ -56,7 +60,7 @@ def test_without_native_bf16_nothing_runs_in_bf16(monkeypatch):
 def test_with_native_bf16_both_precisions_are_timed(monkeypatch):
     out, spy = figures(monkeypatch, native=True)
     assert out["bf16_native"] == (1, None)
-    assert spy.matmuls == [torch.float32, torch.bfloat16]
+    assert spy.matmuls[:2] == [torch.float32, torch.bfloat16]
     assert out["matmul_gflops_bf16"][1] == "bf16" and out["cpu_preset_steps_per_s"][1] == "bf16"
     assert out["cpu_preset_fp32_steps_per_s"][1] == "fp32" and spy.steps[-1] == "fp32"
     assert {"cpu_preset_g32_steps_per_s", "cpu_preset_g32_peak_fraction", "paper_preset_peak_fraction"} <= set(out)
@@ -64,6 +68,30 @@ def test_with_native_bf16_both_precisions_are_timed(monkeypatch):
     paper_flops = out["paper_preset_gflops"][0] * 0.01 * 1e9
     # the ceiling: both steps' FLOPs at their precision's peak (the spy's matmuls run at 100 GFLOP/s in both)
     assert abs(out["paper_vs_official_ceiling"][0] - 4 * 10**11 / paper_flops) < 1e-9
+
+
+def test_each_fraction_is_read_against_probes_taken_beside_its_step(monkeypatch):
+    """A shared VM drifts within minutes: each step's peak is the mean of a probe of its precision right before and
+    right after it, and the official step's (fp32) likewise; nothing else runs between a probe and its step."""
+    for native in (True, False):
+        peaks = [100.0 + 10 * i for i in range(64)]  # every probe answers differently
+        out, spy = figures(monkeypatch, native=native, peaks=peaks)
+        probes = iter(peaks)
+        events = [(e, next(probes)) if e[0] == "matmul" else (e, None) for e in spy.events]
+        timed = [i for i, (e, _) in enumerate(events) if e[0] in ("step", "official")]
+        step_dtype = torch.bfloat16 if native else torch.float32
+        for i, name in zip(timed, ("cpu_preset", "cpu_preset_g32", "paper_preset")):
+            (before, a), (after, b) = events[i - 1], events[i + 1]
+            assert before == after == ("matmul", step_dtype)
+            assert out[f"{name}_peak_gflops"][0] == (a + b) / 2
+            assert abs(out[f"{name}_peak_fraction"][0] * (a + b) / 2 - out[f"{name}_gflops"][0]) < 1e-9
+        official = timed[-1]
+        assert events[official][0] == ("official",)
+        assert events[official - 1][0] == events[official + 1][0] == ("matmul", torch.float32)
+        assert out["official_peak_gflops"][0] == (events[official - 1][1] + events[official + 1][1]) / 2
+        paper_flops = out["paper_preset_gflops"][0] * 0.01 * 1e9
+        ceiling = (4 * 10**11 / out["official_peak_gflops"][0]) / (paper_flops / out["paper_preset_peak_gflops"][0])
+        assert abs(out["paper_vs_official_ceiling"][0] - ceiling) < 1e-9
 
 
 def test_the_memory_bound_parts_are_timed_and_bound_the_fraction(monkeypatch):

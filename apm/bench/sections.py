@@ -9,7 +9,9 @@
 trained in bf16 (emulated bf16 on an AVX2 CPU is far slower than fp32 and would take minutes per matmul).
 Each training figure ends with `# fp32` or `# bf16`: the precision it used. Peak fractions are achieved
 FLOP/s of a full training step (forward and backward, counted by `APM.flops_per_step` as implemented) over
-the measured plain `torch.matmul` throughput of that precision. Figures are medians over repeats.
+the plain `torch.matmul` throughput of that precision measured right before and right after that step's timing
+(their mean, printed as `*_peak_gflops`): a shared VM's speed drifts by 10-20% within minutes, and a fraction read
+against the one probe at the top would measure that drift as much as the step. Figures are medians over repeats.
 `cpu_preset_matmul_share` (and `_g32_`): the time the step's matmuls would take at that peak over the step's
 time, i.e. how much of a step is arithmetic rather than fixed costs (casts, optimiser, element-wise ops, autograd);
 it is the peak fraction read as a share of time (the counted FLOPs are the matmuls').
@@ -29,7 +31,8 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Callable
+from functools import partial
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -68,6 +71,7 @@ def step_seconds(preset: str, grid: tuple[int, int], d: int, precision: str, ste
 
 
 Emit = Callable[..., None]  # emit(name, value, precision=None)
+T = TypeVar("T")
 
 
 def bf16_usable() -> bool:
@@ -91,6 +95,14 @@ def memory_bound_seconds(run: OverfitRun, repeats: int = 5) -> tuple[float, floa
     return update, casts
 
 
+def beside_probes(timed: Callable[[], T], dtype: torch.dtype) -> tuple[T, float]:
+    """`timed()`'s result and the matmul peak of `dtype` (GFLOP/s) it ran beside: the mean of a probe right before
+    and one right after, so that a fraction of that peak compares the step with the machine as it was then."""
+    before = matmul_gflops(dtype)
+    result = timed()
+    return result, (before + matmul_gflops(dtype)) / 2
+
+
 def training_figures(emit: Emit) -> None:
     emit("bf16_native", int(cpu_has_fast_bf16()))
     fp32 = matmul_gflops(torch.float32)
@@ -99,13 +111,14 @@ def training_figures(emit: Emit) -> None:
     if bf16 is not None:
         emit("matmul_gflops_bf16", bf16, "bf16")
 
+    step_dtype = torch.bfloat16 if bf16 is not None else torch.float32  # what "auto" trains in
     for preset, grid, d, steps in (("cpu", (16, 16), 384, 60), ("cpu", (32, 32), 384, 20), ("paper", (32, 32), 768, 4)):
-        seconds, run = step_seconds(preset, grid, d, "auto", steps)  # auto: bf16 only where native
+        (seconds, run), peak = beside_probes(partial(step_seconds, preset, grid, d, "auto", steps), step_dtype)
         precision = precision_name(run.amp_dtype)
-        peak = bf16 if run.amp_dtype == torch.bfloat16 and bf16 else fp32
         flops = run.model.flops_per_step()
         fraction = flops / seconds / 1e9 / peak
         name = f"{preset}_preset" + ("_g32" if preset == "cpu" and grid == (32, 32) else "")  # the grid setting 32
+        emit(f"{name}_peak_gflops", peak, precision)
         if preset == "cpu":
             emit(f"{name}_steps_per_s", 1.0 / seconds, precision)
         else:
@@ -126,11 +139,12 @@ def training_figures(emit: Emit) -> None:
         emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds, "fp32")
 
     # the official model.py's training step on the same image, as its script runs it (fp32, chunks of 512, Adam)
-    official_seconds, official_flops = official_step(steps=3)
+    (official_seconds, official_flops), official_peak = beside_probes(lambda: official_step(steps=3), torch.float32)
     emit("official_step_s", official_seconds, "fp32")
+    emit("official_peak_gflops", official_peak, "fp32")
     emit("paper_vs_official_step", official_seconds / paper_seconds)
     # what the ratio would be with both steps at their precision's measured matmul peak: the most it can reach
-    emit("paper_vs_official_ceiling", (official_flops / fp32) / (paper_flops / paper_peak))
+    emit("paper_vs_official_ceiling", (official_flops / official_peak) / (paper_flops / paper_peak))
 
 
 def official_step(steps: int = 3) -> tuple[float, int]:
