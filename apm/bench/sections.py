@@ -139,7 +139,7 @@ def training_figures(emit: Emit) -> None:
         emit("cpu_preset_fp32_steps_per_s", 1.0 / seconds, "fp32")
 
     # the official model.py's training step on the same image, as its script runs it (fp32, chunks of 512, Adam)
-    (official_seconds, official_flops), official_peak = beside_probes(lambda: official_step(steps=3), torch.float32)
+    (official_seconds, official_flops), official_peak = beside_probes(partial(official_step, steps=3), torch.float32)
     emit("official_step_s", official_seconds, "fp32")
     emit("official_peak_gflops", official_peak, "fp32")
     emit("paper_vs_official_step", official_seconds / paper_seconds)
